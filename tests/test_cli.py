@@ -16,4 +16,6 @@ def test_version_and_help():
 def test_info_prints_json(capsys):
     assert main(["info"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["asyndbt_jax"] == asyndbt_jax.__version__ and info["backend"] == "cpu"
+    import jax
+
+    assert info["asyndbt_jax"] == asyndbt_jax.__version__ and info["backend"] == jax.default_backend()
