@@ -64,11 +64,13 @@ def main() -> None:
             "sample_and_estimate_both_levels": _common.time_call(full, key, sel, losses),
         }
         gumbel_bytes = workers * I * M * N * 4
-        if gumbel_bytes * 3 < memory:
+        # Gumbel-argmax materialises noise, bits and logits of this size several times over
+        # (the first CPU attempt at 10k workers was killed for memory with a 3x guard).
+        if 4 * gumbel_bytes < 0.6 * memory:
             row["sampling_categorical"] = _common.time_call(gumbel, key, probs)
         else:
             row["sampling_categorical"] = {
-                "skipped": f"needs ~{3 * gumbel_bytes / 2**30:.0f} GiB of Gumbel noise, device has {memory / 2**30:.0f} GiB"
+                "skipped": f"needs ~{4 * gumbel_bytes / 2**30:.0f} GiB for Gumbel noise, device has {memory / 2**30:.0f} GiB"
             }
         for name, timing in row.items():
             if "median_s" in timing:
