@@ -1,0 +1,63 @@
+"""Render benchmark JSON files as the markdown tables quoted in docs/performance.md.
+
+    python benchmarks/report.py docs/core_kernels_cpu.json docs/core_kernels_gpu.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+KERNELS = [
+    ("projection_michelot", "project (Michelot, default)"),
+    ("projection_sort", "project (sort)"),
+    ("projection_bisection", "project (BDPL bisection)"),
+    ("sampling_inverse_cdf", "sample I=20 (inverse CDF)"),
+    ("sampling_categorical", "sample I=20 (jax.random.categorical)"),
+    ("estimator", "policy gradient (fragment)"),
+    ("sample_and_estimate_both_levels", "sample + estimate, both levels"),
+]
+
+
+def core_kernels_table(result: dict) -> str:
+    workers = list(result["results"])
+    lines = [
+        f"**{result['device']}**, jax {result['jax_version']}, {result.get('cpu_count')} host cores. "
+        "Median ms per call (per-worker µs in brackets).",
+        "",
+        "| kernel | " + " | ".join(f"R={int(w):,}" for w in workers) + " |",
+        "|---|" + "---|" * len(workers),
+    ]
+    for key, label in KERNELS:
+        cells = []
+        for w in workers:
+            t = result["results"][w][key]
+            cells.append(
+                "skipped (memory)" if "median_s" not in t else f"{t['median_s'] * 1e3:.3g} ({t['per_worker_us']:.3g})"
+            )
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "| ratio | " + " | ".join(f"R={int(w):,}" for w in workers) + " |", "|---|" + "---|" * len(workers)]
+    for key, label in [
+        ("categorical_over_inverse_cdf", "categorical / inverse CDF"),
+        ("sort_over_michelot", "sort / Michelot"),
+        ("bisection_over_michelot", "bisection / Michelot"),
+    ]:
+        cells = [
+            f"{result['results'][w]['ratios'][key]:.2f}" if key in result["results"][w]["ratios"] else "—"
+            for w in workers
+        ]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(paths: list[str]) -> None:
+    for path in paths:
+        with open(path) as fh:
+            result = json.load(fh)
+        print(f"From `{path}`:\n")
+        print(core_kernels_table(result))
+        print()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
