@@ -13,7 +13,7 @@ and 0 for every other label. ``C`` couples the two levels: every demonstration c
 has a hidden *style*, and the value of a fragment word depends on the styles of the
 chosen demonstrations, so the best fragment depends on the demonstrations (the problem is
 genuinely bilevel). Index ``-1`` means "no demonstration" (utility 0, style ``S``, the
-"none" style) or "no word" (utility 0).
+"none" style, whose coupling is 0) or "no word" (utility 0).
 
 Queries carry a type, a clean label, an observed label (the clean one flipped with
 probability ``label_noise``) and a difficulty ``~ N(0, difficulty_scale)``. Workers are
@@ -172,6 +172,29 @@ def planted_optimum(oracle: PlantedOracle, type_mixture) -> Configuration:
     return Configuration(fragment_words=jnp.asarray(words, jnp.int32), demos=jnp.asarray(demos, jnp.int32))
 
 
+def restricted_optimum(oracle: PlantedOracle, type_mixture, *, use_fragment: bool, use_demos: bool) -> Configuration:
+    """The best configuration when only one level is tuned (the other is absent, index -1).
+
+    ``use_fragment and use_demos`` is :func:`planted_optimum`. Fragment only: the best word
+    per position with no demonstrations (style "none", no coupling). Demonstrations only:
+    the best candidate per class with no fragment.
+    """
+    num_words = oracle.word_utility.shape[0]
+    num_classes = oracle.demo_utility.shape[0]
+    mix = np.asarray(type_mixture, np.float64)
+    if use_fragment and use_demos:
+        return planted_optimum(oracle, type_mixture)
+    no_words = jnp.full((num_words,), -1, jnp.int32)
+    no_demos = jnp.full((num_classes,), -1, jnp.int32)
+    if use_fragment:
+        score = np.asarray(oracle.word_utility, np.float64) @ mix + np.asarray(oracle.interaction, np.float64)[:, :, -1]
+        return Configuration(jnp.asarray(score.argmax(-1), jnp.int32), no_demos)
+    if use_demos:
+        score = np.asarray(oracle.demo_utility, np.float64) @ mix
+        return Configuration(no_words, jnp.asarray(score.argmax(-1), jnp.int32))
+    return Configuration(no_words, no_demos)
+
+
 def _queries(key, mixture, size, num_classes, label_noise, difficulty_scale) -> Queries:
     k_type, k_label, k_flip, k_other, k_diff = jax.random.split(key, 5)
     mixture = jnp.asarray(mixture)
@@ -198,7 +221,7 @@ def make_planted_task(
     label_noise: float = 0.05,
     difficulty_scale: float = 1.0,
     demo_scale: float = 1.0,
-    word_scale: float = 0.8,
+    word_scale: float = 0.3,
     interaction_scale: float = 1.0,
     bias: float = 0.25,
     num_train: int = 20,
@@ -239,7 +262,15 @@ def make_planted_task(
         demo_utility=demo_scale * jax.random.normal(keys[0], (num_classes, num_candidates, num_types)),
         demo_style=jax.random.randint(keys[1], (num_classes, num_candidates), 0, num_styles).astype(jnp.int32),
         word_utility=word_scale * jax.random.normal(keys[2], (num_fragment_words, vocab_size, num_types)),
-        interaction=interaction_scale * jax.random.normal(keys[3], (num_fragment_words, vocab_size, num_styles + 1)),
+        # The "no demonstration" style (last) gives no coupling bonus: without demonstrations a
+        # fragment is worth only its own utility W.
+        interaction=jnp.concatenate(
+            [
+                interaction_scale * jax.random.normal(keys[3], (num_fragment_words, vocab_size, num_styles)),
+                jnp.zeros((num_fragment_words, vocab_size, 1)),
+            ],
+            axis=-1,
+        ),
         bias=jnp.asarray(bias, jnp.float32),
     )
     mixture = jax.random.dirichlet(keys[4], jnp.full((num_types,), dirichlet_alpha), (num_workers,))

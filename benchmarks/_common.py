@@ -13,8 +13,10 @@ import jax
 import numpy as np
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def parse_args(description: str, extra=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
+    if extra:
+        extra(parser)
     parser.add_argument("--quick", action="store_true", help="small sizes only (seconds, for CI and smoke tests)")
     parser.add_argument("--json", action="store_true", help="print only the JSON object (no progress lines)")
     parser.add_argument("--out", help="also write the JSON object to this file")

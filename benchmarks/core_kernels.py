@@ -1,6 +1,6 @@
 """Core kernels at 10 … 100k workers: projection, sampling, estimator.
 
-    python benchmarks/core_kernels.py [--quick] [--json] [--out FILE]
+    python benchmarks/core_kernels.py [--quick] [--json] [--out FILE] [--workers R ...]
 
 Shapes follow the paper: M=75 fragment words over N=100 words, U=2 classes with V=50
 candidates, I=20 samples per worker. Compares the two exact projections (Michelot,
@@ -25,8 +25,11 @@ M, N, U, V, I = 75, 100, 2, 50, 20
 
 
 def main() -> None:
-    args = _common.parse_args(__doc__.splitlines()[1])
-    workers_list = [10, 1000] if args.quick else [10, 1000, 10_000, 100_000]
+    args = _common.parse_args(
+        __doc__.splitlines()[1],
+        lambda p: p.add_argument("--workers", type=int, nargs="+", help="worker counts (default 10 1000 10000 100000)"),
+    )
+    workers_list = args.workers or ([10, 1000] if args.quick else [10, 1000, 10_000, 100_000])
     memory = _common.available_memory_bytes()
 
     project = jax.jit(adbt.project_simplex)

@@ -19,3 +19,25 @@ def test_info_prints_json(capsys):
     import jax
 
     assert info["asyndbt_jax"] == asyndbt_jax.__version__ and info["backend"] == jax.default_backend()
+
+
+def test_simulate_prints_required_fields(capsys, tmp_path):
+    history = tmp_path / "h.jsonl"
+    args = ["simulate", "--workers", "4", "--active", "2", "--iterations", "4", "--samples", "4"]
+    assert main(args + ["--quiet", "--json", "--history", str(history)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    for key in ("final_test_accuracy", "optimum_accuracy", "iterations", "virtual_time", "queries"):
+        assert key in out
+    assert out["iterations"] == 4 and 0 <= out["final_test_accuracy"] <= 1 and out["queries"] > 0
+    assert len(history.read_text().splitlines()) == 4
+
+
+def test_simulate_bad_input_is_a_clear_error():
+    import pytest
+
+    with pytest.raises(SystemExit, match="--active"):
+        main(["simulate", "--workers", "4", "--active", "5", "--quiet"])
+    with pytest.raises(SystemExit, match="method"):
+        main(["simulate", "--method", "adbo", "--quiet"])
+    with pytest.raises(ValueError, match="delay"):
+        main(["simulate", "--delay", "weibull:2", "--quiet"])

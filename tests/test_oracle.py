@@ -10,6 +10,7 @@ from asyndbt_jax.oracle import (
     Queries,
     accuracy,
     make_planted_task,
+    restricted_optimum,
     oracle_feedback,
     oracle_logits,
     planted_optimum,
@@ -79,18 +80,39 @@ def test_feedback_shapes_jit_and_loss(tiny):
 
 
 def test_default_task_is_bilevel_and_separates_methods():
+    """Shaped like the paper's ablation: both levels > demonstrations only > fragment only > neither."""
     task = make_planted_task(jax.random.key(0), num_workers=4)
-    none_w = jnp.full((75,), -1, jnp.int32)
-    none_d = jnp.full((2,), -1, jnp.int32)
-    acc = lambda w, d: float(accuracy(task.oracle, adbt.Configuration(w, d), task.test))  # noqa: E731
-    both = task.optimum_accuracy
-    assert both == pytest.approx(acc(task.optimum.fragment_words, task.optimum.demos))
-    assert both > acc(none_w, task.optimum.demos) + 0.1  # fragment adds
-    assert both > acc(task.optimum.fragment_words, none_d) + 0.1  # demonstrations add
-    assert acc(none_w, none_d) < 0.7
-    # The best fragment depends on the demonstrations (coupling through styles).
-    other_style = planted_optimum(task.oracle._replace(demo_style=(task.oracle.demo_style + 1) % 4), jnp.full(4, 0.25))
-    assert not np.array_equal(other_style.fragment_words, task.optimum.fragment_words)
+    uniform = jnp.full(4, 0.25)
+    acc = {
+        (f, d): float(accuracy(task.oracle, restricted_optimum(task.oracle, uniform, use_fragment=f, use_demos=d), task.test))
+        for f in (True, False)
+        for d in (True, False)
+    }
+    assert acc[True, True] == pytest.approx(task.optimum_accuracy)
+    assert acc[True, True] > acc[False, True] + 0.05 > acc[True, False] + 0.05 > acc[False, False] + 0.05
+    # The best fragment depends on the demonstrations (coupling through styles): compare the
+    # best words given demonstrations of two different style combinations.
+    style = np.asarray(task.oracle.demo_style)
+    first = [int(np.flatnonzero(style[u] == 0)[0]) for u in range(2)]
+    second = [int(np.flatnonzero(style[u] == 1)[0]) for u in range(2)]
+
+    def best_words(demos):
+        styles = [style[u, k] for u, k in enumerate(demos)]
+        score = np.asarray(task.oracle.word_utility) @ np.asarray(uniform) + np.asarray(task.oracle.interaction)[
+            :, :, styles
+        ].mean(-1)
+        return score.argmax(-1)
+
+    assert np.mean(best_words(first) != best_words(second)) > 0.5
+
+
+def test_restricted_optimum_is_optimal_by_brute_force(tiny):
+    mix = np.array([0.2, 0.5, 0.3])
+    best = restricted_optimum(tiny.oracle, mix, use_fragment=True, use_demos=False)
+    expected = lambda w: sum(mix[t] * numpy_margin(tiny.oracle, (-1, -1), w, t) for t in range(3))  # noqa: E731
+    top = max(expected(w) for w in itertools.product(range(3), repeat=2))
+    assert expected(tuple(np.asarray(best.fragment_words))) == pytest.approx(top, abs=1e-9)
+    assert np.all(np.asarray(best.demos) == -1)
 
 
 def test_non_iid_workers_and_label_noise():

@@ -1,0 +1,414 @@
+"""AsynDBT server iterations as one jit-compiled step over a leading worker axis (spec §3–6).
+
+Asynchrony is data: every server iteration receives a boolean ``arrived [R]`` mask (the
+workers whose messages reached the server), uses its stale copies for everyone else,
+replies to the arrived workers, and those workers immediately compute their next update
+from the reply (what a real worker would do while its message is in flight). Staleness
+counters track how many server iterations each worker has gone without a reply; the
+simulator (``asyndbt_jax.simulator``) chooses ``arrived`` so that none exceeds ``τ``.
+
+One iteration (``server_step``):
+
+1. Accept the arrived workers' fragment distributions; a message with NaN/Inf is rejected,
+   counted, and never enters ``z``.
+2. Server (spec §6 [inferred from ADBO]): ``z ← proj_Δ(z − η_z(Σ_l λ_l b_l + Σ_v(−ρ_v + μ(z − p_v)
+   + ψ sign(z − p_v))))`` over every worker's latest copy; ``λ ← max(0, λ + η_λ(values − c₁λ))``;
+   drop cuts whose dual stayed below ``γ``.
+3. Every ``δ`` iterations: refresh the polyhedron: ``K`` primal-dual rounds with all
+   workers (spec §4) give ``φ``; add a cut where the gap exceeds ``ε`` (spec §5).
+4. Reply: every arrived worker samples ``I`` configurations from its ``(p, q)``, scores them
+   on its validation batch, estimates both gradients from the same queries, adds the cut
+   force ``Σ_l λ_l a_l^(v)`` to the fragment gradient, and takes a projected Adam step.
+
+The baselines are presets of the same step (``method_config``): ``sync`` (S = R),
+``cendbt`` (one worker holding all data, no consensus), ``bdpl`` (fragment only, no
+demonstrations, no lower level), ``demos-only``, and ``fedone`` (FedAvg of BDPL updates).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from . import cuts as cutlib
+from .estimators import selection_gradient
+from .feedback import Feedback
+from .lower_level import LowerLevelState, PrimalDualHyperparams, primal_dual_rounds
+from .optim import project_onto_simplex
+from .selection import Configuration, SelectionVariables, decode, init_selection, sample_configurations
+from .simplex import project_simplex
+
+METHODS = ("asyndbt", "sync", "cendbt", "bdpl", "demos-only", "fedone")
+CENTRALISED = ("cendbt", "bdpl", "demos-only")  # one machine holding all data
+SERVER_RULES = ("primal_dual", "fedavg")
+
+
+class AsynDBTConfig(NamedTuple):
+    """Static hyper-parameters (hashable: the jitted step specialises on them).
+
+    Paper values where it gives them (Adam lr 1e-4 for p and q, dual lr 0.1); the rest
+    are our choices, documented in docs/algorithm.md.
+    """
+
+    num_workers: int
+    num_fragment_words: int
+    vocab_size: int
+    num_classes: int
+    num_candidates: int
+    num_active: int  # S
+    max_staleness: int  # τ
+    num_samples: int = 20  # I
+    lr_fragment: float = 1e-4
+    lr_demos: float = 1e-4
+    max_norm: float = 3.0
+    lr_dual: float = 0.1  # η_λ
+    dual_reg: float = 0.1  # c₁
+    lower_rounds: int = 3  # K
+    lower_lr: float = 0.05  # η_p of the lower level
+    lr_consensus: float | None = None  # η_z; None: 1/(R·μ)
+    lr_rho: float = 0.1  # η_ρ
+    mu: float = 1.0
+    psi: float = 1e-3
+    epsilon: float | None = None  # ε; None: 0.05·(R + 1) (the ℓ1 gap sums over R + 1 rows)
+    gamma: float = 1e-3
+    refresh_every: int = 10  # δ
+    cut_capacity: int = 4
+    gap_norm: str = "l1"
+    estimator: str = "exact"
+    use_fragment: bool = True
+    use_demos: bool = True
+    bilevel: bool = True
+    server_rule: str = "primal_dual"
+
+    def eta_consensus(self) -> float:
+        return self.lr_consensus if self.lr_consensus is not None else 1.0 / (self.num_workers * max(self.mu, 1e-12))
+
+    def eps(self) -> float:
+        return self.epsilon if self.epsilon is not None else 0.05 * (self.num_workers + 1)
+
+    def validate(self) -> "AsynDBTConfig":
+        """Raise ``ValueError`` on any inconsistent setting (before anything compiles)."""
+        positive_ints = {
+            "num_workers": self.num_workers,
+            "vocab_size": self.vocab_size,
+            "num_candidates": self.num_candidates,
+            "lower_rounds (K)": self.lower_rounds,
+            "cut_capacity": self.cut_capacity,
+            "refresh_every (δ)": self.refresh_every,
+            "max_staleness (τ)": self.max_staleness,
+            "num_active (S)": self.num_active,
+        }
+        for name, value in positive_ints.items():
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.num_active > self.num_workers:
+            raise ValueError(f"num_active (S={self.num_active}) cannot exceed num_workers (R={self.num_workers})")
+        if not isinstance(self.num_samples, int) or self.num_samples < 2:
+            raise ValueError(f"num_samples (I) must be an integer >= 2, got {self.num_samples!r}")
+        for name in ("num_fragment_words", "num_classes"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        for name in ("lr_fragment", "lr_demos", "lr_dual", "lower_lr", "lr_rho", "max_norm"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+        for name in ("dual_reg", "mu", "psi", "gamma"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if self.lr_consensus is not None and not (math.isfinite(self.lr_consensus) and self.lr_consensus >= 0):
+            raise ValueError(f"lr_consensus must be finite and >= 0, got {self.lr_consensus!r}")
+        if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
+            raise ValueError(f"epsilon (ε) must be a finite positive number, got {self.epsilon!r}")
+        if self.gap_norm not in cutlib.NORMS:
+            raise ValueError(f"gap_norm must be one of {cutlib.NORMS}, got {self.gap_norm!r}")
+        if self.estimator not in ("exact", "negative"):
+            raise ValueError(f"estimator must be 'exact' or 'negative', got {self.estimator!r}")
+        if self.server_rule not in SERVER_RULES:
+            raise ValueError(f"server_rule must be one of {SERVER_RULES}, got {self.server_rule!r}")
+        if not (self.use_fragment or self.use_demos):
+            raise ValueError("at least one of use_fragment and use_demos must be True")
+        return self
+
+
+class WorkerState(NamedTuple):
+    """Every worker's private variables (leading axis R)."""
+
+    selection: SelectionVariables
+    opt_state: Any
+
+
+class ServerState(NamedTuple):
+    consensus: jax.Array  # z [M, N]
+    duals: jax.Array  # ρ [R, M, N]
+    cuts: cutlib.CutBuffer
+    received: jax.Array  # latest p received from every worker [R, M, N]
+    staleness: jax.Array  # int32 [R]: server iterations since the worker's last reply
+    iteration: jax.Array  # int32
+    rejected: jax.Array  # int32: messages rejected for NaN/Inf
+
+
+class EngineState(NamedTuple):
+    workers: WorkerState
+    server: ServerState
+    key: jax.Array
+
+
+class StepMetrics(NamedTuple):
+    num_arrived: jax.Array
+    num_rejected: jax.Array
+    max_staleness: jax.Array
+    mean_loss: jax.Array  # mean validation loss of the replied workers' sampled configurations
+    queries: jax.Array  # black-box queries made in this iteration
+    refreshed: jax.Array
+    active_cuts: jax.Array
+
+
+class Data(NamedTuple):
+    """Per-worker query batches (pytrees with leading axes ``[R, B]``)."""
+
+    train: Any
+    validation: Any
+
+
+FeedbackFn = Callable[[Configuration, Any], Feedback]
+
+
+def method_config(method: str, **kwargs) -> AsynDBTConfig:
+    """The preset of ``AsynDBTConfig`` for a named method (kwargs override).
+
+    ``asyndbt``: S of R workers, staleness bound τ. ``sync``: S = R (waits for all).
+    ``cendbt``: the bilevel method on one machine (pass ``num_workers=1`` and pooled data;
+    no consensus forces). ``bdpl``: fragment only, no lower level, no demonstrations.
+    ``demos-only``: demonstrations only. ``fedone``: synchronous FedAvg of BDPL updates
+    (fragment only; the server averages the received fragments and broadcasts them).
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    presets = {
+        "asyndbt": {},
+        "sync": {"num_active": kwargs.get("num_workers", 1)},
+        "cendbt": {"mu": 0.0, "psi": 0.0, "lr_consensus": 0.0},
+        "bdpl": {"use_demos": False, "bilevel": False},
+        "demos-only": {"use_fragment": False, "bilevel": False},
+        "fedone": {"use_demos": False, "bilevel": False, "server_rule": "fedavg"},
+    }
+    return AsynDBTConfig(**{**kwargs, **presets[method]}).validate()
+
+
+def _optimizer(config: AsynDBTConfig) -> optax.GradientTransformation:
+    # Each level takes its own projected Adam step (its own learning rate). The black-box
+    # estimate is clipped before the deterministic cut force is added (``worker_reply``).
+    def level(learning_rate):
+        return optax.chain(optax.adam(learning_rate), project_onto_simplex())
+
+    return optax.multi_transform(
+        {"fragment_probs": level(config.lr_fragment), "demo_probs": level(config.lr_demos)},
+        SelectionVariables("fragment_probs", "demo_probs"),
+    )
+
+
+def _clip_per_worker(grads: SelectionVariables, max_norm: float) -> SelectionVariables:
+    """BDPL's clip of one worker's black-box estimate (both levels jointly) to ``max_norm``."""
+    clip = optax.clip_by_global_norm(max_norm)
+    return jax.vmap(lambda g: clip.update(g, clip.init(g))[0])(grads)
+
+
+def init_state(config: AsynDBTConfig, key: jax.Array) -> EngineState:
+    """Uniform selection variables for every worker, empty cuts, ``z`` uniform, ``ρ = 0``."""
+    config.validate()
+    R, M, N = config.num_workers, config.num_fragment_words, config.vocab_size
+    selection = init_selection(M, N, config.num_classes, config.num_candidates, batch_shape=(R,))
+    opt = _optimizer(config)
+    workers = WorkerState(selection, jax.vmap(opt.init)(selection))
+    server = ServerState(
+        consensus=jnp.full((M, N), 1.0 / N),
+        duals=jnp.zeros((R, M, N)),
+        cuts=cutlib.init_cuts(M, config.cut_capacity, R, N),
+        received=selection.fragment_probs,
+        staleness=jnp.zeros((R,), jnp.int32),
+        iteration=jnp.zeros((), jnp.int32),
+        rejected=jnp.zeros((), jnp.int32),
+    )
+    return EngineState(workers, server, key)
+
+
+def _scored_config(config: AsynDBTConfig, selection: SelectionVariables, key) -> Configuration:
+    sampled = sample_configurations(key, selection, config.num_samples)
+    if not config.use_fragment:
+        sampled = sampled._replace(fragment_words=jnp.full_like(sampled.fragment_words, -1))
+    if not config.use_demos:
+        sampled = sampled._replace(demos=jnp.full_like(sampled.demos, -1))
+    return sampled
+
+
+def _masked_gradient(config: AsynDBTConfig, selection, sampled, losses) -> SelectionVariables:
+    grads = selection_gradient(selection, sampled, losses, variant=config.estimator)
+    return SelectionVariables(
+        grads.fragment_probs if config.use_fragment else jnp.zeros_like(grads.fragment_probs),
+        grads.demo_probs if config.use_demos else jnp.zeros_like(grads.demo_probs),
+    )
+
+
+def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, replied, queries, key):
+    """Every replied worker computes its next upper-level update (spec §6, worker side).
+
+    Samples ``I`` configurations, scores them on ``queries`` (validation batch), estimates
+    the fragment and demonstration gradients from the same losses, adds the cut force to
+    the fragment gradient and takes the projected Adam step. Workers not replied keep
+    their state.
+
+    Returns:
+      ``(new_workers, mean_loss [R])``.
+    """
+    sampled = _scored_config(config, workers.selection, key)
+    losses = jnp.mean(feedback_fn(sampled, queries).losses, axis=-1)  # [R, I]
+    grads = _clip_per_worker(_masked_gradient(config, workers.selection, sampled, losses), config.max_norm)
+    grads = grads._replace(fragment_probs=grads.fragment_probs + force)
+    opt = _optimizer(config)
+    updates, opt_state = jax.vmap(opt.update)(grads, workers.opt_state, workers.selection)
+    selection = optax.apply_updates(workers.selection, updates)
+
+    def pick(new, old):
+        return jnp.where(replied.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+
+    new_workers = WorkerState(jax.tree.map(pick, selection, workers.selection), jax.tree.map(pick, opt_state, workers.opt_state))
+    return new_workers, jnp.mean(losses, axis=-1)
+
+
+def _lower_level_gradient(config, feedback_fn, demo_probs, train_queries):
+    def grad_fn(key, fragment_probs):
+        selection = SelectionVariables(fragment_probs, demo_probs)
+        sampled = _scored_config(config, selection, key)
+        losses = jnp.mean(feedback_fn(sampled, train_queries).losses, axis=-1)
+        return _masked_gradient(config, selection, sampled, losses).fragment_probs
+
+    return grad_fn
+
+
+def _refresh(config, feedback_fn, server: ServerState, demo_probs, train_queries, key):
+    """Recompute φ with K primal-dual rounds of all workers and add cuts where h > ε (spec §4–5)."""
+    hp = PrimalDualHyperparams(config.lower_lr, config.eta_consensus(), config.lr_rho, config.mu, config.psi)
+    start = LowerLevelState(server.received, server.consensus, server.duals)
+    everyone = jnp.ones((config.num_workers,), bool)
+    phi = primal_dual_rounds(
+        start, _lower_level_gradient(config, feedback_fn, demo_probs, train_queries), key, config.lower_rounds, everyone, hp
+    )
+    new_cuts, _ = cutlib.add_cuts(
+        server.cuts, server.received, server.consensus, phi.fragment_probs, phi.consensus, config.eps(), config.gap_norm
+    )
+    return server._replace(cuts=new_cuts, duals=phi.duals)
+
+
+def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineState, arrived, data: Data):
+    """One server iteration (see the module docstring). Pure; jit with ``config``/``feedback_fn`` static.
+
+    Args:
+      config: validated hyper-parameters.
+      feedback_fn: pure-JAX feedback ``(Configuration, queries) -> Feedback``.
+      state: engine state.
+      arrived: bool ``[R]``: workers whose messages reached the server.
+      data: per-worker training/validation query batches.
+
+    Returns:
+      ``(new_state, StepMetrics)``.
+    """
+    workers, server = state.workers, state.server
+    key, k_refresh, k_reply = jax.random.split(state.key, 3)
+    R = config.num_workers
+    p = workers.selection.fragment_probs
+
+    # 1. Accept messages; reject non-finite ones.
+    finite = jnp.all(jnp.isfinite(p), axis=(1, 2))
+    accepted = arrived & finite
+    num_rejected = jnp.sum(arrived & ~finite)
+    received = jnp.where(accepted[:, None, None], p, server.received)
+
+    # 2. Server update of z and λ.
+    z = server.consensus
+    if config.use_fragment and config.server_rule == "fedavg":
+        weight = accepted.astype(z.dtype)[:, None, None]
+        mean = jnp.sum(weight * received, 0) / jnp.maximum(jnp.sum(accepted), 1)
+        z = jnp.where(jnp.any(accepted), mean, z)
+        cuts = server.cuts
+    elif config.use_fragment:
+        _, cut_force_z = cutlib.cut_force(server.cuts)
+        diff = z[None] - received
+        aggregate = jnp.sum(-server.duals + config.mu * diff + config.psi * jnp.sign(diff), axis=0)
+        z = project_simplex(z - config.eta_consensus() * (cut_force_z + aggregate))
+        before = server.cuts.duals
+        cuts = cutlib.dual_ascent(server.cuts, received, z, config.lr_dual, config.dual_reg)
+        cuts = cutlib.drop_cuts(cuts, before, config.gamma)
+    else:
+        cuts = server.cuts
+    server = server._replace(consensus=z, cuts=cuts, received=received)
+
+    # 3. Refresh the polyhedron every δ iterations.
+    refreshed = jnp.asarray(False)
+    refresh_queries = jnp.zeros((), jnp.int32)
+    if config.bilevel and config.use_fragment:
+        refreshed = (server.iteration % config.refresh_every) == 0
+        server = jax.lax.cond(
+            refreshed,
+            lambda s: _refresh(config, feedback_fn, s, workers.selection.demo_probs, data.train, k_refresh),
+            lambda s: s,
+            server,
+        )
+        train_batch = jax.tree.leaves(data.train)[0].shape[-1]
+        refresh_queries = jnp.where(refreshed, config.lower_rounds * R * config.num_samples * train_batch, 0)
+
+    # 4. Reply to the arrived workers; they compute their next update.
+    if config.server_rule == "fedavg" and config.use_fragment:
+        # FedAvg: the replied workers start from the broadcast global fragment (their Adam state is kept).
+        broadcast = jnp.where(arrived[:, None, None], z[None], workers.selection.fragment_probs)
+        workers = workers._replace(selection=workers.selection._replace(fragment_probs=broadcast))
+    force = cutlib.cut_force(server.cuts)[0] if config.bilevel and config.use_fragment else 0.0
+    workers, losses = worker_reply(config, feedback_fn, workers, force, arrived, data.validation, k_reply)
+
+    val_batch = jax.tree.leaves(data.validation)[0].shape[-1]
+    staleness = jnp.where(arrived, 0, server.staleness + 1).astype(jnp.int32)
+    metrics = StepMetrics(
+        num_arrived=jnp.sum(arrived),
+        num_rejected=num_rejected,
+        max_staleness=jnp.max(staleness),
+        mean_loss=jnp.sum(jnp.where(arrived, losses, 0.0)) / jnp.maximum(jnp.sum(arrived), 1),
+        queries=jnp.sum(arrived) * config.num_samples * val_batch + refresh_queries,
+        refreshed=refreshed,
+        active_cuts=jnp.sum(server.cuts.active),
+    )
+    server = server._replace(
+        staleness=staleness, iteration=server.iteration + 1, rejected=server.rejected + num_rejected
+    )
+    return EngineState(workers, server, key), metrics
+
+
+def decoded_prompts(config: AsynDBTConfig, state: EngineState) -> Configuration:
+    """The prompts each worker would use now: demonstrations from its own ``q`` (argmax), the
+    fragment from the consensus ``z`` (distributed methods) or its own ``p`` (one worker);
+    ``-1`` where a level is not tuned. Shapes ``fragment_words [R, M]``, ``demos [R, U]``."""
+    own = decode(state.workers.selection)
+    if config.num_workers > 1 and config.use_fragment:
+        words = jnp.broadcast_to(jnp.argmax(state.server.consensus, -1).astype(jnp.int32), own.fragment_words.shape)
+    else:
+        words = own.fragment_words
+    if not config.use_fragment:
+        words = jnp.full_like(words, -1)
+    demos = own.demos if config.use_demos else jnp.full_like(own.demos, -1)
+    return Configuration(words, demos)
+
+
+def evaluate(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineState, queries) -> jax.Array:
+    """Accuracy ``[R]`` of every worker's decoded prompt (:func:`decoded_prompts`).
+
+    Args:
+      queries: leaves ``[B]`` (a shared test set) or ``[R, B]`` (each worker's own batch).
+    """
+    prompts = decoded_prompts(config, state)
+    one = Configuration(prompts.fragment_words[:, None, :], prompts.demos[:, None, :])
+    R = config.num_workers
+    batched = jax.tree.map(lambda x: x if x.ndim >= 2 and x.shape[0] == R else jnp.broadcast_to(x, (R,) + x.shape), queries)
+    return jnp.mean(feedback_fn(one, batched).correct[:, 0, :], axis=-1)

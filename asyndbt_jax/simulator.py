@@ -1,0 +1,248 @@
+"""Event-driven virtual clock for AsynDBT: seeded worker delays on the host, the math in JAX.
+
+Each worker, once replied, takes a random compute time (its *delay*) before its message
+reaches the server. The server proceeds at the moment the ``S``-th earliest pending
+message arrives, except that a worker about to exceed the staleness bound ``τ`` must be
+waited for; every message that has arrived by then is processed together. The event queue
+is a NumPy array of arrival times; the math of an iteration is one jit-compiled
+:func:`~asyndbt_jax.engine.server_step` over all workers (no Python loop over workers).
+
+A polyhedron refresh (every ``δ`` iterations) needs ``K`` rounds with every online worker:
+it advances the clock by ``K`` times the slowest of their fresh delay draws, and delays
+every pending message by the same amount (the cost of a synchronous refresh).
+
+Delay models (``parse_delay``): ``constant:D``, ``exponential:MEAN``, ``lognormal:SIGMA``
+(median 1), ``pareto:ALPHA`` (heavy tail, scale 1), ``classes:S1,S2,...`` (workers are
+assigned speed multipliers round-robin, times lognormal(0.25) jitter). Any model takes
+``+dropout:P:MEAN``: after a reply a worker goes offline with probability ``P`` for an
+extra exponential(MEAN) time; an offline worker is not waited for (τ does not apply to it
+until it rejoins).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .engine import AsynDBTConfig, Data, EngineState, evaluate, init_state, server_step
+
+KINDS = ("constant", "exponential", "lognormal", "pareto", "classes")
+
+
+@dataclass(frozen=True)
+class DelayModel:
+    """Per-worker compute-time distribution (virtual seconds). See the module docstring."""
+
+    kind: str = "lognormal"
+    param: tuple[float, ...] = (1.0,)
+    dropout_prob: float = 0.0
+    dropout_mean: float = 0.0
+    scale: float = 1.0  # multiplies every delay (a central machine doing R workers' work: R)
+
+    def __post_init__(self):
+        if self.kind not in KINDS:
+            raise ValueError(f"delay kind must be one of {KINDS}, got {self.kind!r}")
+        if not self.param or any((not math.isfinite(x)) or x <= 0 for x in self.param):
+            raise ValueError(f"delay parameters must be finite and positive, got {self.param!r}")
+        if self.kind != "classes" and len(self.param) != 1:
+            raise ValueError(f"delay kind {self.kind!r} takes one parameter, got {self.param!r}")
+        if not 0 <= self.dropout_prob < 1 or self.dropout_mean < 0:
+            raise ValueError("dropout probability must be in [0, 1) and its mean time >= 0")
+
+    def sample(
+        self, rng: np.random.Generator, workers: np.ndarray, allow_dropout: bool = True
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Delays for ``workers`` (int array) and whether each drops out after this reply."""
+        n = len(workers)
+        (a, *_) = self.param
+        if self.kind == "constant":
+            delay = np.full(n, a)
+        elif self.kind == "exponential":
+            delay = rng.exponential(a, n)
+        elif self.kind == "lognormal":
+            delay = rng.lognormal(0.0, a, n)
+        elif self.kind == "pareto":
+            delay = 1.0 + rng.pareto(a, n)
+        else:
+            speed = np.asarray(self.param)[workers % len(self.param)]
+            delay = speed * rng.lognormal(0.0, 0.25, n)
+        delay = self.scale * delay
+        dropped = (rng.random(n) < self.dropout_prob) & allow_dropout
+        delay = delay + np.where(dropped, rng.exponential(max(self.dropout_mean, 1e-12), n), 0.0)
+        return delay, dropped
+
+
+def parse_delay(spec: str) -> DelayModel:
+    """Parse ``KIND:PARAMS[+dropout:P:MEAN]``, e.g. ``lognormal:1.0`` or ``pareto:1.5+dropout:0.01:50``."""
+    try:
+        main, *extra = spec.split("+")
+        kind, _, params = main.partition(":")
+        values = tuple(float(x) for x in params.split(",")) if params else (1.0,)
+        drop_p, drop_mean = 0.0, 0.0
+        for part in extra:
+            name, p, mean = part.split(":")
+            if name != "dropout":
+                raise ValueError(f"unknown delay modifier {name!r}")
+            drop_p, drop_mean = float(p), float(mean)
+    except ValueError as exc:
+        raise ValueError(f"cannot parse delay {spec!r} (expected e.g. 'lognormal:1.0' or 'pareto:1.5+dropout:0.01:50'): {exc}") from exc
+    return DelayModel(kind.strip(), values, drop_p, drop_mean)
+
+
+@dataclass
+class SimulationResult:
+    state: EngineState
+    history: list[dict]
+    final_test_accuracy: float
+    final_validation_accuracy: float
+    iterations: int
+    virtual_time: float
+    queries: int
+    rejected: int
+    reached_target_at: float | None
+
+
+def choose_arrivals(arrival: np.ndarray, staleness: np.ndarray, offline: np.ndarray, num_active: int, max_staleness: int):
+    """The server's next move: ``(clock, arrived mask)``.
+
+    It waits for the ``S``-th earliest message and for every online worker whose staleness
+    would otherwise exceed ``τ``; everything that has arrived by then is processed.
+    """
+    wait_until = np.sort(arrival)[min(num_active, len(arrival)) - 1]
+    forced = (staleness >= max_staleness) & ~offline
+    if forced.any():
+        wait_until = max(wait_until, float(arrival[forced].max()))
+    return wait_until, arrival <= wait_until
+
+
+def simulate(
+    config: AsynDBTConfig,
+    feedback_fn,
+    data: Data,
+    test_queries: Any,
+    delay: DelayModel,
+    *,
+    iterations: int,
+    seed: int = 0,
+    eval_every: int = 10,
+    target_validation_accuracy: float | None = None,
+    history_path: str | None = None,
+    progress: bool = True,
+) -> SimulationResult:
+    """Run ``iterations`` server iterations on the virtual clock.
+
+    Args:
+      config: validated engine configuration (``num_active`` = S, ``max_staleness`` = τ).
+      feedback_fn: pure-JAX feedback (e.g. ``partial(oracle_feedback, task.oracle)``).
+      data: per-worker training/validation queries (leaves ``[R, B]``).
+      test_queries: shared test queries (leaves ``[B]``).
+      delay: worker delay model.
+      iterations: number of server iterations (the first one is the broadcast at time 0).
+      seed: seeds the JAX key and the delay generator.
+      eval_every: evaluate validation/test accuracy every this many iterations (and last).
+      target_validation_accuracy: stop as soon as mean validation accuracy reaches it.
+      history_path: write one JSON line per iteration here.
+      progress: a progress line on stderr.
+
+    Returns:
+      ``SimulationResult`` with the final state, per-iteration history and totals.
+    """
+    config.validate()
+    if not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+    if eval_every < 1:
+        raise ValueError(f"eval_every must be >= 1, got {eval_every!r}")
+    R = config.num_workers
+    rng = np.random.default_rng(seed)
+    state = init_state(config, jax.random.key(seed))
+    step = jax.jit(server_step, static_argnums=(0, 1))
+    evaluate_jit = jax.jit(evaluate, static_argnums=(0, 1))
+
+    clock = 0.0
+    arrival = np.zeros(R)
+    offline = np.zeros(R, bool)
+    staleness = np.zeros(R, np.int64)
+    arrived = np.ones(R, bool)  # iteration 0: broadcast of the initial state to everyone
+    history: list[dict] = []
+    total_queries = 0
+    reached = None
+    val_acc = test_acc = float("nan")
+    sink = open(history_path, "w") if history_path else None
+    started = time.perf_counter()
+    try:
+        for it in range(iterations):
+            if it > 0:
+                clock, arrived = choose_arrivals(arrival, staleness, offline, config.num_active, config.max_staleness)
+            state, metrics = step(config, feedback_fn, state, jnp.asarray(arrived), data)
+            m = jax.device_get(metrics)
+            if bool(m.refreshed):
+                # K synchronous lower-level rounds of the online workers (no dropout draws).
+                online = np.flatnonzero(~offline) if (~offline).any() else np.arange(R)
+                lower, _ = delay.sample(rng, online, allow_dropout=False)
+                pause = config.lower_rounds * float(lower.max())
+                clock += pause
+                arrival = arrival + pause
+            replied = np.flatnonzero(arrived)
+            d, dropped = delay.sample(rng, replied)
+            arrival[replied] = clock + d
+            offline[replied] = dropped
+            staleness = np.where(arrived, 0, staleness + 1)
+            total_queries += int(m.queries)
+            record = {
+                "iteration": it,
+                "virtual_time": clock,
+                "arrived": replied.tolist(),
+                "max_staleness": int(m.max_staleness),
+                "max_staleness_online": int(staleness[~offline].max()) if (~offline).any() else 0,
+                "mean_loss": float(m.mean_loss),
+                "rejected": int(m.num_rejected),
+                "queries": int(m.queries),
+                "refreshed": bool(m.refreshed),
+                "active_cuts": int(m.active_cuts),
+            }
+            last = it == iterations - 1
+            if it % eval_every == 0 or last:
+                val_acc = float(jnp.mean(evaluate_jit(config, feedback_fn, state, data.validation)))
+                test_acc = float(jnp.mean(evaluate_jit(config, feedback_fn, state, test_queries)))
+                record.update(validation_accuracy=val_acc, test_accuracy=test_acc)
+                if target_validation_accuracy is not None and reached is None and val_acc >= target_validation_accuracy:
+                    reached = clock
+            history.append(record)
+            if sink:
+                sink.write(json.dumps(record) + "\n")
+            if progress:
+                sys.stderr.write(
+                    f"\r[{it + 1}/{iterations}] t={clock:9.2f} val={val_acc:.3f} test={test_acc:.3f} "
+                    f"queries={total_queries} {time.perf_counter() - started:6.1f}s"
+                )
+                sys.stderr.flush()
+            if reached is not None:
+                break
+    finally:
+        if sink:
+            sink.close()
+        if progress:
+            sys.stderr.write("\n")
+    if "test_accuracy" not in history[-1]:
+        val_acc = float(jnp.mean(evaluate_jit(config, feedback_fn, state, data.validation)))
+        test_acc = float(jnp.mean(evaluate_jit(config, feedback_fn, state, test_queries)))
+        history[-1].update(validation_accuracy=val_acc, test_accuracy=test_acc)
+    return SimulationResult(
+        state=state,
+        history=history,
+        final_test_accuracy=test_acc,
+        final_validation_accuracy=val_acc,
+        iterations=len(history),
+        virtual_time=clock,
+        queries=total_queries,
+        rejected=int(state.server.rejected),
+        reached_target_at=reached,
+    )
