@@ -1,0 +1,79 @@
+"""One full AsynDBT iteration: jitted JAX over the worker axis vs a NumPy per-worker loop.
+
+    python benchmarks/core_step.py [--quick] [--json] [--out FILE] [--workers R ...] [--numpy-max R]
+
+One iteration = accept messages, server z/λ update and cut drop, then every worker samples
+I = 20 configurations, scores them with the planted oracle on its 20 validation queries,
+estimates both gradients, clips, adds the cut force and takes a projected Adam step
+(all R workers arrive; no polyhedron refresh in the timed iteration). Shapes: M=75, N=100,
+U=2, V=50, cut capacity 4. The NumPy side (benchmarks/numpy_step.py) loops over workers
+in Python with each worker's maths vectorised in NumPy; tests/test_core_step.py checks
+that both give the same result. ``ratio_by_workers`` maps R to numpy_seconds / jax_seconds.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+import numpy_step  # noqa: E402
+
+from asyndbt_jax.engine import Data, server_step  # noqa: E402
+from asyndbt_jax.oracle import oracle_feedback  # noqa: E402
+
+
+def main() -> None:
+    def extra(p):
+        p.add_argument("--workers", type=int, nargs="+", help="worker counts (default 10 100 1000 10000 100000)")
+        p.add_argument("--numpy-max", type=int, default=1000, help="largest R timed on the NumPy side")
+
+    args = _common.parse_args(__doc__.splitlines()[1], extra)
+    workers_list = args.workers or ([10, 100] if args.quick else [10, 100, 1000, 10_000, 100_000])
+    step = jax.jit(server_step, static_argnums=(0, 1))
+    results = {}
+    for R in workers_list:
+        _common.log(args, f"workers={R}")
+        task, config, state = numpy_step.make_case(R)
+        feedback = functools.partial(oracle_feedback, task.oracle)
+        data = Data(task.train, task.validation)
+        arrived = jnp.ones(R, bool)
+        row = {"jax": _common.time_call(step, config, feedback, state, arrived, data)}
+        row["jax"]["per_worker_us"] = row["jax"]["median_s"] / R * 1e6
+        if R <= args.numpy_max:
+            ref = numpy_step.from_engine(state)
+            times = []
+            for _ in range(2 if R >= 1000 else 3):
+                st = copy.deepcopy(ref)
+                t0 = time.perf_counter()
+                numpy_step.numpy_server_step(config, task.oracle, st, np.ones(R, bool), task.validation, state.key)
+                times.append(time.perf_counter() - t0)
+            row["numpy"] = {"median_s": float(np.median(times)), "repeats_s": times, "per_worker_us": float(np.median(times)) / R * 1e6}
+            row["ratio_numpy_over_jax"] = row["numpy"]["median_s"] / row["jax"]["median_s"]
+            _common.log(args, f"  ratio {row['ratio_numpy_over_jax']:.1f}")
+        results[str(R)] = row
+        del task, state, data
+    per_worker = {w: r["jax"]["per_worker_us"] for w, r in results.items()}
+    big = [w for w in per_worker if int(w) >= 1000]
+    out = {
+        "benchmark": "core_step",
+        **_common.machine(),
+        "inputs": {"M": 75, "N": 100, "U": 2, "V": 50, "I": 20, "validation_batch": 20, "cut_capacity": 4, "workers": workers_list},
+        "results": results,
+        "ratio_by_workers": {w: r["ratio_numpy_over_jax"] for w, r in results.items() if "ratio_numpy_over_jax" in r},
+        "jax_per_worker_us": per_worker,
+        "per_worker_max_over_min_from_1k": (max(per_worker[w] for w in big) / min(per_worker[w] for w in big)) if len(big) > 1 else None,
+    }
+    _common.emit(out, args)
+
+
+if __name__ == "__main__":
+    main()

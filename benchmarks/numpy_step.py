@@ -1,0 +1,213 @@
+"""A straightforward NumPy, per-worker-loop implementation of one AsynDBT server iteration.
+
+A Python loop over workers (as a plain federated simulation would do), each worker's
+maths vectorised with NumPy (float64).
+
+The reference for ``asyndbt_jax.engine.server_step`` on an iteration without a polyhedron
+refresh (the common case): accept messages, server z/λ update, cut drop, then every
+arrived worker samples, queries the planted oracle, estimates, clips, adds the cut force
+and takes a projected Adam step. It consumes the same random uniforms as the JAX step
+(drawn with the same keys), so the same seed gives the same result up to float rounding.
+Used by ``benchmarks/core_step.py`` (speed baseline) and ``tests/test_core_step.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+
+
+def project(v):
+    """Sort-based projection of every row (last axis) onto the simplex (float64, vectorised over rows)."""
+    u = -np.sort(-v, axis=-1)
+    css = np.cumsum(u, axis=-1)
+    k = np.arange(1, v.shape[-1] + 1)
+    rho = np.sum(u - (css - 1) / k > 0, axis=-1, keepdims=True)
+    theta = (np.take_along_axis(css, rho - 1, axis=-1) - 1) / rho
+    return np.maximum(v - theta, 0)
+
+
+@dataclass
+class NumpyState:
+    p: np.ndarray  # [R, M, N]
+    q: np.ndarray  # [R, U, V]
+    adam_p: list  # per worker [mu, nu] for p
+    adam_q: list
+    count: np.ndarray  # [R] Adam step counts
+    z: np.ndarray
+    rho: np.ndarray
+    cut_a: np.ndarray  # [M, C, R, N]
+    cut_b: np.ndarray  # [M, C, N]
+    cut_c: np.ndarray  # [M, C]
+    cut_active: np.ndarray
+    cut_lambda: np.ndarray
+    received: np.ndarray
+    staleness: np.ndarray
+    iteration: int
+    rejected: int
+
+
+def from_engine(state) -> NumpyState:
+    """Copy an engine state whose Adam moments are still zero (fresh) into NumPy."""
+    f = lambda x: np.array(x, np.float64)  # noqa: E731
+    s, w = state.server, state.workers
+    R = s.duals.shape[0]
+    return NumpyState(
+        p=f(w.selection.fragment_probs),
+        q=f(w.selection.demo_probs),
+        adam_p=[[np.zeros_like(f(w.selection.fragment_probs[v]))] * 2 for v in range(R)],
+        adam_q=[[np.zeros_like(f(w.selection.demo_probs[v]))] * 2 for v in range(R)],
+        count=np.zeros(R, int),
+        z=f(s.consensus),
+        rho=f(s.duals),
+        cut_a=f(s.cuts.worker_coef),
+        cut_b=f(s.cuts.consensus_coef),
+        cut_c=f(s.cuts.offset),
+        cut_active=np.array(s.cuts.active),
+        cut_lambda=f(s.cuts.duals),
+        received=f(s.received),
+        staleness=np.array(s.staleness),
+        iteration=int(s.iteration),
+        rejected=int(s.rejected),
+    )
+
+
+def oracle_losses(oracle, demos, words, qtype, label, clean, difficulty):
+    """Losses [I, B] of one worker's I configurations on its B queries (NumPy, one worker)."""
+    D, W, C = (np.asarray(x, np.float64) for x in (oracle.demo_utility, oracle.word_utility, oracle.interaction))
+    style = np.asarray(oracle.demo_style)
+    U, M, S = D.shape[0], W.shape[0], C.shape[-1] - 1
+    cls = np.arange(U)
+    has_d = demos >= 0
+    safe_d = np.where(has_d, demos, 0)
+    demo_part = np.where(has_d[..., None], D[cls, safe_d], 0).sum(-2) / U  # [I, T]
+    styles = np.where(has_d, style[cls, safe_d], S)  # [I, U]
+    pos = np.arange(M)
+    has_w = words >= 0
+    safe_w = np.where(has_w, words, 0)
+    w = np.where(has_w[..., None], W[pos, safe_w], 0).sum(-2)  # [I, T]
+    c = np.where(has_w[..., None], C[pos, safe_w], 0).sum(-2)  # [I, S+1]
+    coupling = np.take_along_axis(c, styles, -1).mean(-1)  # [I]
+    per_type = float(oracle.bias) + demo_part + (w + coupling[:, None]) / max(M, 1)  # [I, T]
+    margin = per_type[:, qtype] - difficulty[None]  # [I, B]
+    logits = np.zeros(margin.shape + (U,))
+    np.put_along_axis(logits, np.broadcast_to(clean, margin.shape)[..., None], margin[..., None], -1)
+    logits -= logits.max(-1, keepdims=True)
+    log_z = np.log(np.exp(logits).sum(-1))
+    return -(np.take_along_axis(logits, np.broadcast_to(label, margin.shape)[..., None], -1)[..., 0] - log_z)
+
+
+def draw(probs, uniforms):
+    """Inverse-CDF draws: probs [rows, n], uniforms [rows, I] -> samples [I, rows]."""
+    cdf = np.cumsum(np.maximum(probs, 0), -1)
+    targets = uniforms * cdf[:, -1:]
+    idx = np.sum(cdf[:, None, :] <= targets[:, :, None], axis=-1)
+    return np.minimum(idx, probs.shape[1] - 1).T
+
+
+def policy_gradient(probs, samples, losses):
+    I, rows = samples.shape
+    w = (losses - losses.mean()) / (I - 1)
+    counts = np.zeros_like(probs)
+    np.add.at(counts, (np.broadcast_to(np.arange(rows), samples.shape), samples), np.broadcast_to(w[:, None], samples.shape))
+    return np.where(probs > 0, counts / np.where(probs > 0, probs, 1), 0.0)
+
+
+def adam(param, grad, moments, t, lr, b1=0.9, b2=0.999, eps=1e-8):
+    mu = b1 * moments[0] + (1 - b1) * grad
+    nu = b2 * moments[1] + (1 - b2) * grad**2
+    step = -lr * (mu / (1 - b1**t)) / (np.sqrt(nu / (1 - b2**t)) + eps)
+    return project(param + step), [mu, nu]
+
+
+def numpy_server_step(config, oracle, st: NumpyState, arrived, validation, key):
+    """One non-refresh iteration of ``server_step`` with Python loops over workers."""
+    R, M = st.p.shape[:2]
+    key, _k_refresh, k_reply = jax.random.split(key, 3)
+    k_frag, k_demo = jax.random.split(k_reply)
+    I = config.num_samples
+    u_frag = np.asarray(jax.random.uniform(k_frag, (R, M, I)), np.float64)
+    u_demo = np.asarray(jax.random.uniform(k_demo, (R, st.q.shape[1], I)), np.float64)
+
+    # 1. accept
+    for v in range(R):
+        if arrived[v]:
+            if np.all(np.isfinite(st.p[v])):
+                st.received[v] = st.p[v]
+            else:
+                st.rejected += 1
+    # 2. server
+    lam = np.where(st.cut_active, st.cut_lambda, 0.0)
+    force_z = np.einsum("mc,mcn->mn", lam, st.cut_b)
+    agg = np.zeros_like(st.z)
+    for v in range(R):
+        d = st.z - st.received[v]
+        agg += -st.rho[v] + config.mu * d + config.psi * np.sign(d)
+    eta_z = config.eta_consensus()
+    st.z = project(st.z - eta_z * (force_z + agg))
+    values = np.einsum("mcrn,rmn->mc", st.cut_a, st.received) + np.einsum("mcn,mn->mc", st.cut_b, st.z) + st.cut_c
+    values = np.where(st.cut_active, values, 0.0)
+    before = st.cut_lambda.copy()
+    new = np.maximum(0.0, st.cut_lambda + config.lr_dual * (values - config.dual_reg * st.cut_lambda))
+    st.cut_lambda = np.where(st.cut_active, new, 0.0)
+    drop = st.cut_active & (before < config.gamma) & (st.cut_lambda < config.gamma)
+    st.cut_active = st.cut_active & ~drop
+    st.cut_lambda = np.where(drop, 0.0, st.cut_lambda)
+    # 4. replies
+    lam = np.where(st.cut_active, st.cut_lambda, 0.0)
+    mean_losses = np.zeros(R)
+    for v in range(R):
+        if not arrived[v]:
+            continue
+        words = draw(st.p[v], u_frag[v])
+        demos = draw(st.q[v], u_demo[v])
+        losses = oracle_losses(
+            oracle, demos, words,
+            *(np.asarray(x[v]) for x in (validation.query_type, validation.label, validation.clean_label, validation.difficulty)),
+        ).mean(-1)
+        g_p = policy_gradient(st.p[v], words, losses)
+        g_q = policy_gradient(st.q[v], demos, losses)
+        norm = np.sqrt((g_p**2).sum() + (g_q**2).sum())
+        scale = min(1.0, config.max_norm / norm) if norm > 0 else 1.0
+        g_p, g_q = g_p * scale, g_q * scale
+        g_p = g_p + np.einsum("mc,mcn->mn", lam, st.cut_a[:, :, v])
+        st.count[v] += 1
+        st.p[v], st.adam_p[v] = adam(st.p[v], g_p, st.adam_p[v], st.count[v], config.lr_fragment)
+        st.q[v], st.adam_q[v] = adam(st.q[v], g_q, st.adam_q[v], st.count[v], config.lr_demos)
+        mean_losses[v] = losses.mean()
+    st.staleness = np.where(arrived, 0, st.staleness + 1)
+    st.iteration += 1
+    return st, key, mean_losses
+
+
+def make_case(num_workers, *, M=75, N=100, U=2, V=50, I=20, num_validation=20, capacity=4, seed=0, num_test=200):
+    """A planted task, an engine config and a state with a populated cut buffer (positive duals)
+    whose next iteration does not refresh: the setting both the parity test and
+    ``benchmarks/core_step.py`` use."""
+    import jax.numpy as jnp
+
+    from asyndbt_jax import cuts as cutlib
+    from asyndbt_jax.engine import init_state, method_config
+    from asyndbt_jax.oracle import make_planted_task
+
+    task = make_planted_task(
+        jax.random.key(seed), num_workers=num_workers, num_fragment_words=M, vocab_size=N, num_classes=U,
+        num_candidates=V, num_validation=num_validation, num_test=num_test,
+    )
+    config = method_config(
+        "asyndbt", num_workers=num_workers, num_fragment_words=M, vocab_size=N, num_classes=U, num_candidates=V,
+        num_active=max(1, num_workers // 2), max_staleness=4, num_samples=I, lr_fragment=0.05, lr_demos=0.05,
+        refresh_every=10, psi=0.01, cut_capacity=capacity, gap_norm="l2sq",
+    )
+    state = init_state(config, jax.random.key(seed + 1))
+    k1, k2, k3 = jax.random.split(jax.random.key(seed + 2), 3)
+    p = jax.random.dirichlet(k1, jnp.ones(N), (num_workers, M))
+    cuts, _ = cutlib.add_cuts(
+        state.server.cuts, p, state.server.consensus, jax.random.dirichlet(k2, jnp.ones(N), (num_workers, M)),
+        jax.random.dirichlet(k3, jnp.ones(N), (M,)), 0.001, "l2sq",
+    )
+    cuts = cuts._replace(duals=jnp.where(cuts.active, 0.3, 0.0))
+    server = state.server._replace(cuts=cuts, received=p, iteration=jnp.asarray(1, jnp.int32))
+    return task, config, state._replace(server=server)

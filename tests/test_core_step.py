@@ -1,0 +1,41 @@
+"""The jitted AsynDBT iteration equals the NumPy per-worker-loop reference (benchmarks/numpy_step.py)."""
+
+import functools
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from asyndbt_jax.engine import Data, server_step
+from asyndbt_jax.oracle import oracle_feedback
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import numpy_step  # noqa: E402
+
+R = 5
+
+
+def prepared(seed):
+    return numpy_step.make_case(R, M=4, N=6, U=2, V=5, I=4, num_validation=6, capacity=3, seed=seed)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_two_iterations_match_numpy_loop(seed):
+    task, config, state = prepared(seed)
+    feedback = functools.partial(oracle_feedback, task.oracle)
+    data = Data(task.train, task.validation)
+    ref = numpy_step.from_engine(state)
+    key = state.key
+    step = jax.jit(server_step, static_argnums=(0, 1))
+    for arrived in ([True, False, True, True, False], [False, True, True, False, True]):
+        state, _ = step(config, feedback, state, jnp.asarray(arrived), data)
+        ref, key, _ = numpy_step.numpy_server_step(config, task.oracle, ref, np.array(arrived), task.validation, key)
+    np.testing.assert_allclose(state.server.consensus, ref.z, atol=1e-5)
+    np.testing.assert_allclose(state.server.cuts.duals, ref.cut_lambda, atol=1e-5)
+    np.testing.assert_array_equal(state.server.cuts.active, ref.cut_active)
+    np.testing.assert_allclose(state.workers.selection.fragment_probs, ref.p, atol=1e-5)
+    np.testing.assert_allclose(state.workers.selection.demo_probs, ref.q, atol=1e-5)
+    np.testing.assert_array_equal(state.server.staleness, ref.staleness)
