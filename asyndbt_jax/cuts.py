@@ -9,7 +9,9 @@ and the lower-level estimate ``φ_i`` is ``h_i(x) = ||x − φ_i||₁`` (default
 added at the current point when ``h_i > ε`` (a first-order lower bound of the convex
 ``h_i``) and dropped when their dual stayed below ``γ`` before and after an update. The
 buffer has a fixed capacity per row with an ``active`` mask, so every shape is static
-under ``jit``. Memory: ``capacity · R · M · N`` floats for the worker coefficients.
+under ``jit``. Memory: ``capacity · R · M · N`` floats for the worker coefficients, stored
+worker-leading ``[R, M, C, N]``; the contractions are written as multiply-and-reduce so XLA
+fuses them without transposed copies of this (largest) buffer.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ class CutBuffer(NamedTuple):
     """Fixed-capacity cuts, one set per fragment row.
 
     Attributes:
-      worker_coef: ``a [M, C, R, N]`` coefficients on every worker's ``p_i``.
+      worker_coef: ``a [R, M, C, N]`` coefficients on every worker's ``p_i`` (worker axis first).
       consensus_coef: ``b [M, C, N]`` coefficients on ``z_i``.
       offset: ``c [M, C]``.
       active: bool ``[M, C]``.
@@ -45,7 +47,7 @@ def init_cuts(num_rows: int, capacity: int, num_workers: int, vocab_size: int, d
     if not isinstance(capacity, int) or capacity < 1:
         raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
     return CutBuffer(
-        worker_coef=jnp.zeros((num_rows, capacity, num_workers, vocab_size), dtype),
+        worker_coef=jnp.zeros((num_workers, num_rows, capacity, vocab_size), dtype),
         consensus_coef=jnp.zeros((num_rows, capacity, vocab_size), dtype),
         offset=jnp.zeros((num_rows, capacity), dtype),
         active=jnp.zeros((num_rows, capacity), bool),
@@ -80,8 +82,8 @@ def gap_gradient(fragment_probs, consensus, phi_probs, phi_consensus, norm: str 
 
 def cut_values(cuts: CutBuffer, fragment_probs, consensus) -> jax.Array:
     """``Σ_v a_l^(v)ᵀ p_i^(v) + b_lᵀ z_i + c_l`` for every row and cut, 0 where inactive: ``[M, C]``."""
-    worker_part = jnp.einsum("mcrn,rmn->mc", cuts.worker_coef, fragment_probs)
-    consensus_part = jnp.einsum("mcn,mn->mc", cuts.consensus_coef, consensus)
+    worker_part = jnp.sum(cuts.worker_coef * fragment_probs[:, :, None, :], axis=(0, 3))
+    consensus_part = jnp.sum(cuts.consensus_coef * consensus[:, None, :], axis=-1)
     return jnp.where(cuts.active, worker_part + consensus_part + cuts.offset, 0.0)
 
 
@@ -97,8 +99,7 @@ def add_cuts(cuts: CutBuffer, fragment_probs, consensus, phi_probs, phi_consensu
     """
     h = gap(fragment_probs, consensus, phi_probs, phi_consensus, norm)  # [M]
     a, b = gap_gradient(fragment_probs, consensus, phi_probs, phi_consensus, norm)  # [R, M, N], [M, N]
-    a_rows = jnp.swapaxes(a, 0, 1)  # [M, R, N]
-    c = h - jnp.einsum("mrn,rmn->m", a_rows, fragment_probs) - jnp.sum(b * consensus, -1) - epsilon
+    c = h - jnp.sum(a * fragment_probs, axis=(0, 2)) - jnp.sum(b * consensus, -1) - epsilon
     add = h > epsilon
     score = jnp.where(cuts.active, cuts.duals, -jnp.inf)  # an inactive slot scores lowest
     slot = jnp.argmin(score, axis=-1)  # [M]
@@ -106,7 +107,7 @@ def add_cuts(cuts: CutBuffer, fragment_probs, consensus, phi_probs, phi_consensu
     put = add[:, None] & (jnp.arange(capacity)[None, :] == slot[:, None])  # [M, C]
     return (
         CutBuffer(
-            worker_coef=jnp.where(put[..., None, None], a_rows[:, None], cuts.worker_coef),
+            worker_coef=jnp.where(put[None, :, :, None], a[:, :, None, :], cuts.worker_coef),
             consensus_coef=jnp.where(put[..., None], b[:, None], cuts.consensus_coef),
             offset=jnp.where(put, c[:, None], cuts.offset),
             active=cuts.active | put,
@@ -125,8 +126,8 @@ def drop_cuts(cuts: CutBuffer, duals_before, gamma: float) -> CutBuffer:
 def cut_force(cuts: CutBuffer):
     """``(Σ_l λ_l a_l^(v) [R, M, N], Σ_l λ_l b_l [M, N])``: the cut terms of the upper-level steps (spec §6)."""
     lam = jnp.where(cuts.active, cuts.duals, 0.0)
-    worker = jnp.einsum("mc,mcrn->rmn", lam, cuts.worker_coef)
-    consensus = jnp.einsum("mc,mcn->mn", lam, cuts.consensus_coef)
+    worker = jnp.sum(lam[None, :, :, None] * cuts.worker_coef, axis=2)
+    consensus = jnp.sum(lam[:, :, None] * cuts.consensus_coef, axis=1)
     return worker, consensus
 
 

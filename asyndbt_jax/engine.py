@@ -229,7 +229,7 @@ def init_state(config: AsynDBTConfig, key: jax.Array) -> EngineState:
         consensus=jnp.full((M, N), 1.0 / N),
         duals=jnp.zeros((R, M, N)),
         cuts=cutlib.init_cuts(M, config.cut_capacity, R, N),
-        received=selection.fragment_probs,
+        received=jnp.copy(selection.fragment_probs),  # its own buffer: the state is donated
         staleness=jnp.zeros((R,), jnp.int32),
         iteration=jnp.zeros((), jnp.int32),
         rejected=jnp.zeros((), jnp.int32),

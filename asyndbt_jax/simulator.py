@@ -163,7 +163,9 @@ def simulate(
     R = config.num_workers
     rng = np.random.default_rng(seed)
     state = init_state(config, jax.random.key(seed))
-    step = jax.jit(server_step, static_argnums=(0, 1))
+    # The state is threaded through, so its buffers are donated: the step updates them in
+    # place instead of holding input and output copies (halves peak memory at 100k workers).
+    step = jax.jit(server_step, static_argnums=(0, 1), donate_argnums=2)
     evaluate_jit = jax.jit(evaluate, static_argnums=(0, 1))
 
     clock = 0.0

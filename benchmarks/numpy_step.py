@@ -38,7 +38,7 @@ class NumpyState:
     count: np.ndarray  # [R] Adam step counts
     z: np.ndarray
     rho: np.ndarray
-    cut_a: np.ndarray  # [M, C, R, N]
+    cut_a: np.ndarray  # [R, M, C, N]
     cut_b: np.ndarray  # [M, C, N]
     cut_c: np.ndarray  # [M, C]
     cut_active: np.ndarray
@@ -147,7 +147,7 @@ def numpy_server_step(config, oracle, st: NumpyState, arrived, validation, key):
         agg += -st.rho[v] + config.mu * d + config.psi * np.sign(d)
     eta_z = config.eta_consensus()
     st.z = project(st.z - eta_z * (force_z + agg))
-    values = np.einsum("mcrn,rmn->mc", st.cut_a, st.received) + np.einsum("mcn,mn->mc", st.cut_b, st.z) + st.cut_c
+    values = np.einsum("rmcn,rmn->mc", st.cut_a, st.received) + np.einsum("mcn,mn->mc", st.cut_b, st.z) + st.cut_c
     values = np.where(st.cut_active, values, 0.0)
     before = st.cut_lambda.copy()
     new = np.maximum(0.0, st.cut_lambda + config.lr_dual * (values - config.dual_reg * st.cut_lambda))
@@ -172,7 +172,7 @@ def numpy_server_step(config, oracle, st: NumpyState, arrived, validation, key):
         norm = np.sqrt((g_p**2).sum() + (g_q**2).sum())
         scale = min(1.0, config.max_norm / norm) if norm > 0 else 1.0
         g_p, g_q = g_p * scale, g_q * scale
-        g_p = g_p + np.einsum("mc,mcn->mn", lam, st.cut_a[:, :, v])
+        g_p = g_p + np.einsum("mc,mcn->mn", lam, st.cut_a[v])
         st.count[v] += 1
         st.p[v], st.adam_p[v] = adam(st.p[v], g_p, st.adam_p[v], st.count[v], config.lr_fragment)
         st.q[v], st.adam_q[v] = adam(st.q[v], g_q, st.adam_q[v], st.count[v], config.lr_demos)
@@ -203,10 +203,17 @@ def make_case(num_workers, *, M=75, N=100, U=2, V=50, I=20, num_validation=20, c
     )
     state = init_state(config, jax.random.key(seed + 1))
     k1, k2, k3 = jax.random.split(jax.random.key(seed + 2), 3)
-    p = jax.random.dirichlet(k1, jnp.ones(N), (num_workers, M))
+
+    def uniform_simplex(key, shape):
+        # Normalised Exp(1) draws are Dirichlet(1); jax.random.dirichlet's gamma sampler
+        # needs ~57 GiB at 100k workers.
+        e = jax.random.exponential(key, shape + (N,))
+        return e / e.sum(-1, keepdims=True)
+
+    p = uniform_simplex(k1, (num_workers, M))
     cuts, _ = cutlib.add_cuts(
-        state.server.cuts, p, state.server.consensus, jax.random.dirichlet(k2, jnp.ones(N), (num_workers, M)),
-        jax.random.dirichlet(k3, jnp.ones(N), (M,)), 0.001, "l2sq",
+        state.server.cuts, p, state.server.consensus, uniform_simplex(k2, (num_workers, M)),
+        uniform_simplex(k3, (M,)), 0.001, "l2sq",
     )
     cuts = cuts._replace(duals=jnp.where(cuts.active, 0.3, 0.0))
     server = state.server._replace(cuts=cuts, received=p, iteration=jnp.asarray(1, jnp.int32))

@@ -51,7 +51,7 @@ def test_slots_fill_then_replace_smallest_dual_and_drop_rule():
     cuts = cuts._replace(duals=jnp.array([[0.5, 0.2]] * M))
     before = cuts.worker_coef
     cuts, _ = add_cuts(cuts, p * 0.9 + fp * 0.1, z, fp, fz, 0.0)
-    np.testing.assert_array_equal(cuts.worker_coef[:, 0], before[:, 0])  # larger dual kept
+    np.testing.assert_array_equal(cuts.worker_coef[:, :, 0], before[:, :, 0])  # larger dual kept
     assert float(cuts.duals[0, 1]) == 0.0  # replaced slot starts at λ = 0
     prev = jnp.array([[0.5, 0.01]] * M)
     cuts = cuts._replace(duals=jnp.array([[0.4, 0.02]] * M))
@@ -70,7 +70,7 @@ def test_force_and_dual_ascent_match_numpy():
     a, b, lam = np.asarray(cuts.worker_coef), np.asarray(cuts.consensus_coef), np.asarray(cuts.duals)
     for v in range(R):
         for i in range(M):
-            np.testing.assert_allclose(fw[v, i], sum(lam[i, l] * a[i, l, v] for l in range(C)), atol=1e-6)
+            np.testing.assert_allclose(fw[v, i], sum(lam[i, l] * a[v, i, l] for l in range(C)), atol=1e-6)
     np.testing.assert_allclose(fc[1], sum(lam[1, l] * b[1, l] for l in range(C)), atol=1e-6)
     new = dual_ascent(cuts, fp, fz, eta_lambda=0.1, c1=0.5)
     vals = np.asarray(cut_values(cuts, fp, fz))
