@@ -37,10 +37,9 @@ import optax
 from . import cuts as cutlib
 from .estimators import selection_gradient
 from .feedback import Feedback
-from .lower_level import LowerLevelState, PrimalDualHyperparams, primal_dual_rounds
+from .lower_level import LowerLevelState, PrimalDualHyperparams, primal_dual_rounds, server_consensus_step
 from .optim import project_onto_simplex
 from .selection import Configuration, SelectionVariables, decode, init_selection, sample_configurations
-from .simplex import project_simplex
 
 METHODS = ("asyndbt", "sync", "cendbt", "bdpl", "demos-only", "fedone")
 CENTRALISED = ("cendbt", "bdpl", "demos-only")  # one machine holding all data
@@ -290,9 +289,13 @@ def _lower_level_gradient(config, feedback_fn, demo_probs, train_queries):
     return grad_fn
 
 
+def _primal_dual_hp(config: AsynDBTConfig) -> PrimalDualHyperparams:
+    return PrimalDualHyperparams(config.lower_lr, config.eta_consensus(), config.lr_rho, config.mu, config.psi)
+
+
 def _refresh(config, feedback_fn, server: ServerState, demo_probs, train_queries, key):
     """Recompute φ with K primal-dual rounds of all workers and add cuts where h > ε (spec §4–5)."""
-    hp = PrimalDualHyperparams(config.lower_lr, config.eta_consensus(), config.lr_rho, config.mu, config.psi)
+    hp = _primal_dual_hp(config)
     start = LowerLevelState(server.received, server.consensus, server.duals)
     everyone = jnp.ones((config.num_workers,), bool)
     phi = primal_dual_rounds(
@@ -337,9 +340,8 @@ def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineSta
         cuts = server.cuts
     elif config.use_fragment:
         _, cut_force_z = cutlib.cut_force(server.cuts)
-        diff = z[None] - received
-        aggregate = jnp.sum(-server.duals + config.mu * diff + config.psi * jnp.sign(diff), axis=0)
-        z = project_simplex(z - config.eta_consensus() * (cut_force_z + aggregate))
+        everyone = jnp.ones((R,), bool)  # every worker's latest copy counts
+        z = server_consensus_step(z, received, server.duals, everyone, _primal_dual_hp(config), cut_force_z)
         before = server.cuts.duals
         cuts = cutlib.dual_ascent(server.cuts, received, z, config.lr_dual, config.dual_reg)
         cuts = cutlib.drop_cuts(cuts, before, config.gamma)

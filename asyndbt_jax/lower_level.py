@@ -57,8 +57,10 @@ def worker_primal_step(fragment_probs, grad, duals, consensus, hp: PrimalDualHyp
     return project_simplex(fragment_probs - hp.eta_p * step)
 
 
-def server_consensus_step(consensus, fragment_probs, duals, mask, hp: PrimalDualHyperparams) -> jax.Array:
-    """``z ← proj_Δ(z − η_z (Σ_v (−ρ^(v) + μ(z − p^(v))) + ψ Σ_v sign(z − p^(v))))`` over masked workers.
+def server_consensus_step(
+    consensus, fragment_probs, duals, mask, hp: PrimalDualHyperparams, extra_force=0.0
+) -> jax.Array:
+    """``z ← proj_Δ(z − η_z (F + Σ_v (−ρ^(v) + μ(z − p^(v))) + ψ Σ_v sign(z − p^(v))))`` over masked workers.
 
     The ψ-sign terms are the regularised robust aggregation: whatever one worker sends,
     its sign term moves ``z`` by at most ``ψ·η_z`` per coordinate.
@@ -69,13 +71,15 @@ def server_consensus_step(consensus, fragment_probs, duals, mask, hp: PrimalDual
       duals: ``ρ [R, M, N]``.
       mask: bool ``[R]``, workers that take part.
       hp: hyper-parameters.
+      extra_force: ``F [M, N]`` added to the step; the upper-level server passes the cut
+        force ``Σ_l λ_l b_l`` (spec §6), the lower level nothing.
 
-    Paper: Eq. 10.
+    Paper: Eq. 10 (and the z step of spec §6).
     """
     weight = mask.astype(consensus.dtype)[:, None, None]
     diff = consensus[None] - fragment_probs
     step = jnp.sum(weight * (-duals + hp.mu * diff + hp.psi * jnp.sign(diff)), axis=0)
-    return project_simplex(consensus - hp.eta_z * step)
+    return project_simplex(consensus - hp.eta_z * (extra_force + step))
 
 
 def dual_step(duals, fragment_probs, consensus, mask, hp: PrimalDualHyperparams) -> jax.Array:
