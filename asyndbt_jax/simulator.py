@@ -171,7 +171,6 @@ def simulate(
     clock = 0.0
     arrival = np.zeros(R)
     offline = np.zeros(R, bool)
-    staleness = np.zeros(R, np.int64)
     arrived = np.ones(R, bool)  # iteration 0: broadcast of the initial state to everyone
     history: list[dict] = []
     total_queries = 0
@@ -196,7 +195,7 @@ def simulate(
             d, dropped = delay.sample(rng, replied)
             arrival[replied] = clock + d
             offline[replied] = dropped
-            staleness = np.where(arrived, 0, staleness + 1)
+            staleness = np.asarray(state.server.staleness)  # the engine's counters, read back
             total_queries += int(m.queries)
             record = {
                 "iteration": it,
@@ -233,10 +232,6 @@ def simulate(
             sink.close()
         if progress:
             sys.stderr.write("\n")
-    if "test_accuracy" not in history[-1]:
-        val_acc = float(jnp.mean(evaluate_jit(config, feedback_fn, state, data.validation)))
-        test_acc = float(jnp.mean(evaluate_jit(config, feedback_fn, state, test_queries)))
-        history[-1].update(validation_accuracy=val_acc, test_accuracy=test_acc)
     return SimulationResult(
         state=state,
         history=history,
