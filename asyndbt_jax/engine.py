@@ -111,11 +111,11 @@ class AsynDBTConfig(NamedTuple):
         for name in ("num_fragment_words", "num_classes"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
-        for name in ("lr_fragment", "lr_demos", "lr_dual", "lower_lr", "lr_rho", "max_norm"):
+        for name in ("lr_fragment", "lr_demos", "lr_dual", "lower_lr", "max_norm"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ValueError(f"{name} must be a finite positive number, got {value!r}")
-        for name in ("dual_reg", "mu", "psi", "gamma"):
+        for name in ("dual_reg", "mu", "psi", "gamma", "lr_rho"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -191,7 +191,7 @@ def method_config(method: str, **kwargs) -> AsynDBTConfig:
     presets = {
         "asyndbt": {},
         "sync": {"num_active": kwargs.get("num_workers", 1)},
-        "cendbt": {"mu": 0.0, "psi": 0.0, "lr_consensus": 0.0},
+        "cendbt": {"mu": 0.0, "psi": 0.0, "lr_consensus": 0.0, "lr_rho": 0.0},  # no z, no ρ
         "bdpl": {"use_demos": False, "bilevel": False},
         "demos-only": {"use_fragment": False, "bilevel": False},
         "fedone": {"use_demos": False, "bilevel": False, "server_rule": "fedavg"},
