@@ -1,0 +1,378 @@
+"""Robust aggregation rules over a leading worker axis (issue 4).
+
+Every rule takes ``updates``: a pytree whose leaves share a leading worker axis ``R``
+(``[R, ...]``), an optional boolean ``mask [R]`` of participating workers (asynchrony:
+masked-out workers never influence the result) and, where the rule has a weighted form,
+optional non-negative ``weights [R]``. It returns one aggregate with the leaves' trailing
+shapes. All rules are pure and jit/vmap-able; the rules that need distances between whole
+updates (geometric median, Krum, centred clipping) treat the pytree as one flat vector.
+
+Rules: :func:`mean`, :func:`coordinate_median`, :func:`trimmed_mean`,
+:func:`geometric_median` (smoothed Weiszfeld), :func:`krum` / :func:`multi_krum`,
+:func:`centered_clipping` and :func:`sign_consensus` (the ψ-sign step of AsynDBT's server,
+spec §4). :func:`as_aggregator` wraps any of them as an
+``optax.experimental.aggregating.Aggregator`` so it drops into other optax pipelines.
+
+Bad input raises ``ValueError`` before anything compiles: leaves with different worker
+counts, a mask or weights of the wrong shape, ``trim_fraction`` outside ``[0, 0.5)``,
+``num_byzantine`` too large for Krum, or (when the mask is concrete) every worker masked.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from ._checks import is_concrete
+
+PyTree = Any
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _num_workers(updates: PyTree) -> int:
+    leaves = jax.tree.leaves(updates)
+    if not leaves:
+        raise ValueError("updates is an empty pytree")
+    counts = set()
+    for leaf in leaves:
+        if jnp.ndim(leaf) < 1:
+            raise ValueError(f"every leaf of updates needs a leading worker axis; got a leaf of shape {jnp.shape(leaf)}")
+        counts.add(jnp.shape(leaf)[0])
+    if len(counts) != 1:
+        raise ValueError(f"every leaf of updates must have the same leading worker axis; got sizes {sorted(counts)}")
+    (R,) = counts
+    if R < 1:
+        raise ValueError("updates has no workers (leading axis of size 0)")
+    return R
+
+
+def _mask(mask, R: int) -> jax.Array:
+    if mask is None:
+        return jnp.ones((R,), bool)
+    mask = jnp.asarray(mask)
+    if mask.shape != (R,):
+        raise ValueError(f"mask must have shape ({R},) (one entry per worker), got {mask.shape}")
+    mask = mask.astype(bool)
+    if is_concrete(mask) and not bool(jnp.any(mask)):
+        raise ValueError("mask excludes every worker: there is nothing to aggregate")
+    return mask
+
+
+def _weights(weights, mask: jax.Array) -> jax.Array:
+    """Weights ``[R]`` with masked-out workers at exactly 0 (default: 1 per participant)."""
+    R = mask.shape[0]
+    if weights is None:
+        return mask.astype(jnp.float32)
+    weights = jnp.asarray(weights, jnp.float32)
+    if weights.shape != (R,):
+        raise ValueError(f"weights must have shape ({R},), got {weights.shape}")
+    if is_concrete(weights) and bool(jnp.any(~jnp.isfinite(weights) | (weights < 0))):
+        raise ValueError("weights must be finite and non-negative")
+    return jnp.where(mask, weights, 0.0)
+
+
+def _bcast(v: jax.Array, leaf: jax.Array) -> jax.Array:
+    return v.reshape(v.shape + (1,) * (leaf.ndim - 1))
+
+
+def _flatten(updates: PyTree) -> tuple[jax.Array, Callable[[jax.Array], PyTree]]:
+    """``[R, D]`` view of a pytree of ``[R, ...]`` leaves, and the inverse for one ``[D]`` vector."""
+    leaves, treedef = jax.tree.flatten(updates)
+    R = leaves[0].shape[0]
+    dtype = jnp.result_type(*leaves)
+    flat = jnp.concatenate([jnp.reshape(x, (R, -1)).astype(dtype) for x in leaves], axis=1)
+    shapes = [x.shape[1:] for x in leaves]
+    sizes = [int(jnp.size(x) // R) for x in leaves]
+    dtypes = [x.dtype for x in leaves]
+
+    def unflatten(vector: jax.Array) -> PyTree:
+        parts, start = [], 0
+        for shape, size, dt in zip(shapes, sizes, dtypes):
+            parts.append(vector[start : start + size].reshape(shape).astype(dt))
+            start += size
+        return jax.tree.unflatten(treedef, parts)
+
+    return flat, unflatten
+
+
+def _weighted_average(flat: jax.Array, weights: jax.Array) -> jax.Array:
+    total = jnp.maximum(jnp.sum(weights), 1e-30)
+    return jnp.einsum("r,rd->d", weights, flat) / total
+
+
+# ----------------------------------------------------------------------------- rules
+
+
+def mean(updates: PyTree, mask=None, weights=None) -> PyTree:
+    """Weighted average of the participating workers' updates (the non-robust baseline)."""
+    R = _num_workers(updates)
+    w = _weights(weights, _mask(mask, R))
+    total = jnp.maximum(jnp.sum(w), 1e-30)
+    return jax.tree.map(lambda x: jnp.sum(_bcast(w, x).astype(x.dtype) * x, axis=0) / total.astype(x.dtype), updates)
+
+
+def _sorted_participants(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """``x`` sorted along the worker axis with masked-out workers moved to the end (as +inf)."""
+    return jnp.sort(jnp.where(_bcast(mask, x), x, jnp.inf), axis=0)
+
+
+def coordinate_median(updates: PyTree, mask=None) -> PyTree:
+    """Coordinate-wise median over participating workers (mean of the two middle values
+    when their count is even)."""
+    R = _num_workers(updates)
+    mask = _mask(mask, R)
+    n = jnp.sum(mask)
+    lo, hi = (n - 1) // 2, n // 2
+
+    def leaf(x):
+        s = _sorted_participants(x, mask)
+        return 0.5 * (jnp.take(s, lo, axis=0) + jnp.take(s, hi, axis=0))
+
+    return jax.tree.map(leaf, updates)
+
+
+def trimmed_mean(updates: PyTree, mask=None, trim_fraction: float = 0.1) -> PyTree:
+    """Coordinate-wise mean after dropping the ``⌊trim_fraction · n⌋`` largest and smallest
+    values of the ``n`` participating workers.
+
+    Raises:
+      ValueError: ``trim_fraction`` outside ``[0, 0.5)``.
+    """
+    if not (isinstance(trim_fraction, (int, float)) and 0 <= trim_fraction < 0.5):
+        raise ValueError(f"trim_fraction must be in [0, 0.5), got {trim_fraction!r}")
+    R = _num_workers(updates)
+    mask = _mask(mask, R)
+    n = jnp.sum(mask)
+    k = jnp.floor(trim_fraction * n).astype(jnp.int32)
+    rank = jnp.arange(R)
+    keep = (rank >= k) & (rank < n - k)
+
+    def leaf(x):
+        s = _sorted_participants(x, mask)
+        kept = jnp.where(_bcast(keep, s), s, 0.0)
+        return jnp.sum(kept, axis=0) / jnp.maximum(n - 2 * k, 1).astype(x.dtype)
+
+    return jax.tree.map(leaf, updates)
+
+
+class GeometricMedianInfo(NamedTuple):
+    """Convergence of :func:`geometric_median`: iterations run, whether the last relative
+    change fell below ``tol``, and that change."""
+
+    iterations: jax.Array
+    converged: jax.Array
+    relative_change: jax.Array
+
+
+def geometric_median(
+    updates: PyTree,
+    mask=None,
+    weights=None,
+    *,
+    max_iterations: int = 100,
+    tol: float = 1e-6,
+    smoothing: float = 1e-8,
+) -> tuple[PyTree, GeometricMedianInfo]:
+    """Smoothed Weiszfeld geometric median (Pillutla et al.'s RFA) of the participating updates.
+
+    Iterates ``y ← Σ_r β_r x_r / Σ_r β_r`` with ``β_r = w_r / max(smoothing, ||x_r − y||)``
+    from the weighted mean, stopping after ``max_iterations`` or once
+    ``||y_new − y|| ≤ tol · max(||y||, 1e-12)``.
+
+    Returns:
+      ``(median, GeometricMedianInfo)``.
+    """
+    if not (isinstance(max_iterations, int) and max_iterations >= 1):
+        raise ValueError(f"max_iterations must be a positive integer, got {max_iterations!r}")
+    if not tol >= 0 or not smoothing > 0:
+        raise ValueError(f"tol must be >= 0 and smoothing > 0, got tol={tol!r}, smoothing={smoothing!r}")
+    R = _num_workers(updates)
+    w = _weights(weights, _mask(mask, R))
+    flat, unflatten = _flatten(updates)
+    y0 = _weighted_average(flat, w)
+
+    def body(carry):
+        y, _, it = carry
+        dist = jnp.sqrt(jnp.sum((flat - y) ** 2, axis=1))
+        beta = w / jnp.maximum(dist, smoothing)
+        y_new = _weighted_average(flat, beta)
+        change = jnp.sqrt(jnp.sum((y_new - y) ** 2)) / jnp.maximum(jnp.sqrt(jnp.sum(y**2)), 1e-12)
+        return y_new, change, it + 1
+
+    def cond(carry):
+        _, change, it = carry
+        return (it < max_iterations) & (change > tol)
+
+    y, change, it = jax.lax.while_loop(cond, body, (y0, jnp.asarray(jnp.inf, y0.dtype), jnp.asarray(0, jnp.int32)))
+    return unflatten(y), GeometricMedianInfo(it, change <= tol, change)
+
+
+def _pairwise_sq_distances(flat: jax.Array) -> jax.Array:
+    sq = jnp.sum(flat**2, axis=1)
+    d = sq[:, None] + sq[None, :] - 2.0 * (flat @ flat.T)
+    return jnp.maximum(d, 0.0)
+
+
+def _check_byzantine(num_byzantine, R: int) -> None:
+    if not (isinstance(num_byzantine, int) and num_byzantine >= 0):
+        raise ValueError(f"num_byzantine must be an integer >= 0, got {num_byzantine!r}")
+    if 2 * num_byzantine >= R:
+        raise ValueError(f"Krum needs num_byzantine < R/2; got R={R}, num_byzantine={num_byzantine}")
+
+
+def krum_scores(updates: PyTree, mask=None, *, num_byzantine: int) -> jax.Array:
+    """Krum score of every worker (``+inf`` for masked-out ones): the sum of squared distances
+    to its ``max(n − f − 2, 1)`` nearest participating neighbours (Blanchard et al., 2017).
+
+    Raises:
+      ValueError: ``num_byzantine ≥ R/2``.
+    """
+    R = _num_workers(updates)
+    _check_byzantine(num_byzantine, R)
+    mask = _mask(mask, R)
+    flat, _ = _flatten(updates)
+    d = _pairwise_sq_distances(flat)
+    valid = mask[:, None] & mask[None, :] & ~jnp.eye(R, dtype=bool)
+    d = jnp.sort(jnp.where(valid, d, jnp.inf), axis=1)
+    n = jnp.sum(mask)
+    m = jnp.maximum(n - num_byzantine - 2, 1)
+    score = jnp.sum(jnp.where(jnp.arange(R)[None, :] < m, d, 0.0), axis=1)
+    return jnp.where(mask, score, jnp.inf)
+
+
+def multi_krum(updates: PyTree, mask=None, *, num_byzantine: int, num_selected: int | None = None) -> PyTree:
+    """Average of the ``num_selected`` participating updates with the lowest Krum scores
+    (default ``n − num_byzantine``, clipped to the participants)."""
+    if num_selected is not None and not (isinstance(num_selected, int) and num_selected >= 1):
+        raise ValueError(f"num_selected must be a positive integer, got {num_selected!r}")
+    R = _num_workers(updates)
+    mask = _mask(mask, R)
+    scores = krum_scores(updates, mask, num_byzantine=num_byzantine)
+    n = jnp.sum(mask)
+    m = n - num_byzantine if num_selected is None else jnp.minimum(num_selected, n)
+    rank = jnp.argsort(jnp.argsort(scores))
+    chosen = mask & (rank < jnp.maximum(m, 1))
+    return mean(updates, chosen)
+
+
+def krum(updates: PyTree, mask=None, *, num_byzantine: int) -> PyTree:
+    """The single participating update with the lowest Krum score."""
+    return multi_krum(updates, mask, num_byzantine=num_byzantine, num_selected=1)
+
+
+def centered_clipping(
+    updates: PyTree,
+    mask=None,
+    weights=None,
+    *,
+    center: PyTree | None = None,
+    radius: float = 1.0,
+    num_iterations: int = 3,
+) -> PyTree:
+    """Centred clipping (Karimireddy et al., 2021): ``v ← v + Σ_r w_r clip_τ(x_r − v) / Σ_r w_r``
+    repeated ``num_iterations`` times from ``center`` (default: the coordinate-wise median, so the
+    rule is robust without a previous aggregate)."""
+    if not (radius > 0) or not (isinstance(num_iterations, int) and num_iterations >= 1):
+        raise ValueError(f"radius must be > 0 and num_iterations >= 1, got {radius!r}, {num_iterations!r}")
+    R = _num_workers(updates)
+    mask = _mask(mask, R)
+    w = _weights(weights, mask)
+    flat, unflatten = _flatten(updates)
+    if center is None:
+        v = _flatten(jax.tree.map(lambda x: x[None], coordinate_median(updates, mask)))[0][0]
+    else:
+        v = _flatten(jax.tree.map(lambda x: jnp.asarray(x)[None], center))[0][0]
+        if v.shape != flat.shape[1:]:
+            raise ValueError(f"center must have the shape of one worker's update ({flat.shape[1]} entries), got {v.shape[0]}")
+
+    def step(v, _):
+        diff = flat - v
+        norm = jnp.sqrt(jnp.sum(diff**2, axis=1))
+        scale = jnp.minimum(1.0, radius / jnp.maximum(norm, 1e-30))
+        return v + _weighted_average(diff * scale[:, None], w), None
+
+    v, _ = jax.lax.scan(step, v, None, length=num_iterations)
+    return unflatten(v)
+
+
+def sign_consensus(
+    updates: PyTree,
+    center: PyTree,
+    mask=None,
+    weights=None,
+    *,
+    psi: float = 1e-3,
+    step_size: float = 1.0,
+) -> PyTree:
+    """The ψ-sign consensus step of AsynDBT's server (spec §4; RSA-style ℓ1 aggregation):
+    ``center − step_size · ψ · Σ_r w_r sign(center − x_r)``.
+
+    Whatever a worker sends, it moves each coordinate by at most ``step_size · ψ · w_r``:
+    the influence of a malicious worker is bounded by construction, not by detection.
+    """
+    if not (psi >= 0 and step_size >= 0):
+        raise ValueError(f"psi and step_size must be >= 0, got {psi!r}, {step_size!r}")
+    R = _num_workers(updates)
+    w = _weights(weights, _mask(mask, R))
+    return jax.tree.map(
+        lambda x, c: c - step_size * psi * jnp.sum(_bcast(w, x).astype(x.dtype) * jnp.sign(c[None] - x), axis=0),
+        updates,
+        center,
+    )
+
+
+# ----------------------------------------------------------------------------- optax adapter
+
+RULES = {
+    "mean": mean,
+    "coordinate_median": coordinate_median,
+    "trimmed_mean": trimmed_mean,
+    "geometric_median": lambda u, mask=None, **kw: geometric_median(u, mask, **kw)[0],
+    "krum": krum,
+    "multi_krum": multi_krum,
+    "centered_clipping": centered_clipping,
+}
+
+
+def as_aggregator(rule: str | Callable[..., PyTree], **options):
+    """An ``optax.experimental.aggregating.Aggregator`` (stateless) applying ``rule``.
+
+    ``update(per_worker_updates, state, params=None, mask=None)`` returns the aggregate.
+    ``rule`` is a name from ``RULES`` or a callable ``rule(updates, mask, **options)``.
+    ``sign_consensus`` needs a centre and is not wrapped: use it directly.
+    """
+    from optax.experimental import aggregating
+
+    if isinstance(rule, str):
+        if rule not in RULES:
+            raise ValueError(f"rule must be one of {sorted(RULES)} or a callable, got {rule!r}")
+        rule = RULES[rule]
+    fn = functools.partial(rule, **options)
+
+    def update(per_elt_updates, state, params=None, *, mask=None, **extra_args):
+        del params, extra_args
+        return fn(per_elt_updates, mask), state
+
+    return aggregating.Aggregator(init=optax.init_empty_state, update=update)
+
+
+__all__ = [
+    "GeometricMedianInfo",
+    "RULES",
+    "as_aggregator",
+    "centered_clipping",
+    "coordinate_median",
+    "geometric_median",
+    "krum",
+    "krum_scores",
+    "mean",
+    "multi_krum",
+    "sign_consensus",
+    "trimmed_mean",
+]

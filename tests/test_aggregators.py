@@ -1,0 +1,194 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from asyndbt_jax import aggregators as agg
+
+R = 9
+
+
+def tree(seed=0, R=R):
+    rng = np.random.default_rng(seed)
+    return {"a": rng.normal(size=(R, 3, 4)).astype(np.float32), "b": rng.normal(size=(R, 5)).astype(np.float32)}
+
+
+def flat(t):
+    return np.concatenate([np.reshape(t["a"], (t["a"].shape[0], -1)), np.reshape(t["b"], (t["b"].shape[0], -1))], 1)
+
+
+def unflat_one(v):
+    return {"a": v[:12].reshape(3, 4), "b": v[12:]}
+
+
+def close(x, y, tol=1e-5):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=tol, atol=tol), x, y)
+
+
+# NumPy references (participants only) ----------------------------------------------------
+
+
+def np_trimmed(x, frac):
+    n = x.shape[0]
+    k = int(np.floor(frac * n))
+    s = np.sort(x, axis=0)
+    return s[k : n - k].mean(0)
+
+
+def np_weiszfeld(x, iters=2000):
+    y = x.mean(0)
+    for _ in range(iters):
+        d = np.maximum(np.linalg.norm(x - y, axis=1), 1e-12)
+        y = (x / d[:, None]).sum(0) / (1 / d).sum()
+    return y
+
+
+def np_krum_scores(x, f):
+    n = x.shape[0]
+    d = ((x[:, None] - x[None]) ** 2).sum(-1)
+    m = max(n - f - 2, 1)
+    return np.array([np.sort(np.delete(d[i], i))[:m].sum() for i in range(n)])
+
+
+MASK = np.array([1, 0, 1, 1, 1, 0, 1, 1, 1], bool)
+
+
+@pytest.mark.parametrize("mask", [None, MASK])
+def test_coordinatewise_rules_match_numpy_on_participants(mask):
+    t = tree()
+    keep = np.ones(R, bool) if mask is None else mask
+    sub = jax.tree.map(lambda x: x[keep], t)
+    close(agg.mean(t, mask), jax.tree.map(lambda x: x.mean(0), sub))
+    close(agg.coordinate_median(t, mask), jax.tree.map(lambda x: np.median(x, 0), sub))
+    for frac in (0.0, 0.2, 0.34, 0.49):
+        close(agg.trimmed_mean(t, mask, trim_fraction=frac), jax.tree.map(lambda x: np_trimmed(x, frac), sub))
+
+
+def test_weighted_mean_and_zero_weight_equals_masking():
+    t = tree()
+    w = np.arange(1, R + 1, dtype=np.float32)
+    close(agg.mean(t, weights=w), jax.tree.map(lambda x: np.tensordot(w, x, 1) / w.sum(), t))
+    w0 = np.where(MASK, 1.0, 0.0)
+    close(agg.mean(t, weights=w0), agg.mean(t, MASK))
+
+
+@pytest.mark.parametrize("mask", [None, MASK])
+def test_geometric_median_matches_numpy_weiszfeld(mask):
+    t = tree(1)
+    keep = np.ones(R, bool) if mask is None else mask
+    ref = np_weiszfeld(flat(t)[keep].astype(np.float64))
+    got, info = agg.geometric_median(t, mask, max_iterations=500, tol=1e-7)
+    close(got, unflat_one(ref), tol=1e-4)
+    assert bool(info.converged) and int(info.iterations) < 500
+    _, info = agg.geometric_median(t, mask, max_iterations=2, tol=0.0)
+    assert int(info.iterations) == 2 and not bool(info.converged)
+
+
+@pytest.mark.parametrize("mask", [None, MASK])
+def test_krum_and_multi_krum_match_numpy(mask):
+    t = tree(2)
+    keep = np.ones(R, bool) if mask is None else mask
+    x = flat(t)[keep]
+    scores = np_krum_scores(x.astype(np.float64), 2)
+    got = np.asarray(agg.krum_scores(t, mask, num_byzantine=2))
+    np.testing.assert_allclose(got[keep], scores, rtol=1e-4)
+    assert np.all(np.isinf(got[~keep]))
+    close(agg.krum(t, mask, num_byzantine=2), unflat_one(x[np.argmin(scores)]))
+    best = np.argsort(scores)[: keep.sum() - 2]
+    close(agg.multi_krum(t, mask, num_byzantine=2), unflat_one(x[best].mean(0)))
+
+
+def test_centered_clipping_matches_numpy_and_large_radius_is_mean():
+    t = tree(3)
+    x = flat(t).astype(np.float64)
+    v = np.median(x, 0)
+    for _ in range(3):
+        diff = x - v
+        n = np.linalg.norm(diff, axis=1)
+        v = v + (diff * np.minimum(1, 0.5 / n)[:, None]).mean(0)
+    close(agg.centered_clipping(t, radius=0.5), unflat_one(v), tol=1e-4)
+    close(agg.centered_clipping(t, radius=1e6, num_iterations=1), agg.mean(t))
+
+
+def test_sign_consensus_is_the_psi_sign_step_and_bounded():
+    t = tree(4)
+    center = jax.tree.map(lambda x: np.zeros(x.shape[1:], np.float32), t)
+    psi, eta = 0.01, 2.0
+    got = agg.sign_consensus(t, center, MASK, psi=psi, step_size=eta)
+    ref = jax.tree.map(lambda x, c: c - eta * psi * np.sign(c[None] - x[MASK]).sum(0), t, center)
+    close(got, ref)
+    # a single worker, whatever it sends, moves each coordinate by at most η·ψ
+    huge = jax.tree.map(lambda x: x.at[0].set(1e9), jax.tree.map(jnp.asarray, t))
+    d = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(), agg.sign_consensus(huge, center, psi=psi, step_size=eta), agg.sign_consensus(t, center, psi=psi, step_size=eta))
+    assert max(jax.tree.leaves(d)) <= 2 * eta * psi + 1e-7
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(3, 12), st.integers(0, 2**31 - 1), st.floats(1e3, 1e9))
+def test_masked_out_workers_never_influence_any_rule(n, seed, junk):
+    rng = np.random.default_rng(seed)
+    x = {"w": rng.normal(size=(n, 6)).astype(np.float32)}
+    mask = rng.random(n) < 0.7
+    mask[: 3] = True
+    poisoned = {"w": np.where(mask[:, None], x["w"], junk).astype(np.float32)}
+    center = {"w": np.zeros(6, np.float32)}
+    rules = [
+        lambda u: agg.mean(u, mask),
+        lambda u: agg.coordinate_median(u, mask),
+        lambda u: agg.trimmed_mean(u, mask, trim_fraction=0.2),
+        lambda u: agg.geometric_median(u, mask)[0],
+        lambda u: agg.multi_krum(u, mask, num_byzantine=(n - 1) // 2 - 1 if n > 4 else 0),
+        lambda u: agg.centered_clipping(u, mask),
+        lambda u: agg.sign_consensus(u, center, mask),
+    ]
+    for rule in rules:
+        close(rule(x), rule(poisoned), tol=1e-4)
+
+
+def test_rules_jit_and_vmap():
+    t = tree(5)
+    f = jax.jit(lambda u, m: agg.trimmed_mean(u, m, trim_fraction=0.2))
+    close(f(t, MASK), agg.trimmed_mean(t, MASK, trim_fraction=0.2))
+    stacked = jax.tree.map(lambda x: np.stack([x, 2 * x]), t)
+    out = jax.vmap(lambda u: agg.geometric_median(u)[0])(stacked)
+    close(jax.tree.map(lambda x: x[1], out), jax.tree.map(lambda x: 2 * x, agg.geometric_median(t)[0]), tol=1e-4)
+    k = jax.jit(lambda u, m: agg.multi_krum(u, m, num_byzantine=2))
+    close(k(t, MASK), agg.multi_krum(t, MASK, num_byzantine=2))
+
+
+def test_optax_aggregator_protocol():
+    from optax.experimental import aggregating
+
+    t = tree(6)
+    a = agg.as_aggregator("trimmed_mean", trim_fraction=0.2)
+    assert isinstance(a, aggregating.Aggregator)
+    params = jax.tree.map(lambda x: x[0], t)
+    state = a.init(params)
+    out, _ = a.update(t, state, params, mask=MASK)
+    close(out, agg.trimmed_mean(t, MASK, trim_fraction=0.2))
+    chain = aggregating.process(optax.identity(), a, optax.sgd(1.0))
+    upd, _ = chain.update(t, chain.init(params), params)
+    close(upd, jax.tree.map(lambda x: -x, agg.trimmed_mean(t, trim_fraction=0.2)))
+
+
+def test_bad_input():
+    t = tree()
+    with pytest.raises(ValueError, match="trim_fraction"):
+        agg.trimmed_mean(t, trim_fraction=0.5)
+    with pytest.raises(ValueError, match="trim_fraction"):
+        agg.trimmed_mean(t, trim_fraction=-0.1)
+    with pytest.raises(ValueError, match="num_byzantine"):
+        agg.krum(t, num_byzantine=5)
+    with pytest.raises(ValueError, match="every worker"):
+        agg.mean(t, np.zeros(R, bool))
+    with pytest.raises(ValueError, match="leading worker axis"):
+        agg.coordinate_median({"a": np.zeros((3, 2)), "b": np.zeros((4, 2))})
+    with pytest.raises(ValueError, match="mask"):
+        agg.mean(t, np.ones(R + 1, bool))
+    with pytest.raises(ValueError, match="weights"):
+        agg.mean(t, weights=-np.ones(R))
+    with pytest.raises(ValueError, match="rule"):
+        agg.as_aggregator("median-of-means")
