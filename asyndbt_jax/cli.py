@@ -60,8 +60,9 @@ def _simulate(args) -> int:
             history_path=args.history,
             progress=not args.quiet,
             num_samples=args.samples,
-            lr_fragment=args.lr,
-            lr_demos=args.lr,
+            lr_fragment=args.lr_fragment,
+            lr_demos=args.lr_demos,
+            gap_norm=args.gap,
             psi=args.psi,
         )
     except ValueError as exc:
@@ -109,9 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--active", "-S", type=int, default=4, help="messages the server waits for, S")
     sim.add_argument("--staleness", "--tau", type=int, default=8, help="staleness bound tau")
     sim.add_argument("--delay", default="lognormal:1.0", help="delay model, e.g. lognormal:1.0, pareto:1.5, constant:1")
-    sim.add_argument("--iterations", type=int, default=150, help="server iterations")
+    sim.add_argument("--iterations", type=int, default=1000, help="server iterations")
     sim.add_argument("--samples", type=int, default=10, help="sampled configurations per estimate, I")
-    sim.add_argument("--lr", type=float, default=0.05, help="Adam learning rate for p and q (paper: 1e-4 on a real LLM)")
+    sim.add_argument("--lr-fragment", type=float, default=0.01, help="Adam learning rate for the fragment p (paper: 1e-4 on a real LLM)")
+    sim.add_argument("--lr-demos", type=float, default=0.05, help="Adam learning rate for the demonstrations q (paper: 1e-4)")
+    sim.add_argument("--gap", choices=["l2sq", "l1"], default="l2sq", help="lower-level gap norm of the cuts (spec default l1; measured worse)")
     sim.add_argument("--psi", type=float, default=1e-3, help="l1 consensus penalty psi (robust aggregation)")
     sim.add_argument("--alpha", type=float, default=1.0, help="Dirichlet alpha of the workers' query-type mixtures")
     sim.add_argument("--label-noise", type=float, default=0.05)

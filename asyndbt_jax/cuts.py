@@ -55,12 +55,12 @@ def init_cuts(num_rows: int, capacity: int, num_workers: int, vocab_size: int, d
     )
 
 
-def gap(fragment_probs, consensus, phi_probs, phi_consensus, norm: str = "l1") -> jax.Array:
+def gap(fragment_probs, consensus, phi_probs, phi_consensus, norm: str = "l2sq") -> jax.Array:
     """``h_i = ||[{p_i^(v)}; z_i] − φ_i||`` for every row ``i``: ``[M]``.
 
     Args:
       fragment_probs: ``p [R, M, N]``; consensus: ``z [M, N]``; phi_probs, phi_consensus: ``φ`` alike.
-      norm: ``"l1"`` (default) or ``"l2sq"`` (squared ℓ2, ADBO).
+      norm: ``"l2sq"`` (squared ℓ2, ADBO; the default) or ``"l1"`` (the spec's default, measured worse: docs/algorithm.md).
 
     Paper: Eq. 5 / spec §5.
     """
@@ -72,7 +72,7 @@ def gap(fragment_probs, consensus, phi_probs, phi_consensus, norm: str = "l1") -
     return jnp.sum(dp**2, axis=(0, 2)) + jnp.sum(dz**2, axis=-1)
 
 
-def gap_gradient(fragment_probs, consensus, phi_probs, phi_consensus, norm: str = "l1"):
+def gap_gradient(fragment_probs, consensus, phi_probs, phi_consensus, norm: str = "l2sq"):
     """``(∂h/∂p [R, M, N], ∂h/∂z [M, N])`` (a subgradient for ℓ1: ``sign``)."""
     dp, dz = fragment_probs - phi_probs, consensus - phi_consensus
     if norm == "l1":
@@ -87,7 +87,7 @@ def cut_values(cuts: CutBuffer, fragment_probs, consensus) -> jax.Array:
     return jnp.where(cuts.active, worker_part + consensus_part + cuts.offset, 0.0)
 
 
-def add_cuts(cuts: CutBuffer, fragment_probs, consensus, phi_probs, phi_consensus, epsilon: float, norm="l1"):
+def add_cuts(cuts: CutBuffer, fragment_probs, consensus, phi_probs, phi_consensus, epsilon: float, norm="l2sq"):
     """Add a cut at the current point to every row whose gap exceeds ``ε`` (paper Eqs. 14–15).
 
     ``a = ∂h/∂p``, ``b = ∂h/∂z``, ``c = h(x_t) − aᵀp_t − bᵀz_t − ε``. The new cut takes the
