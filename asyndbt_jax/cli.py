@@ -63,6 +63,9 @@ def _simulate(args) -> int:
             lr_fragment=args.lr_fragment,
             lr_demos=args.lr_demos,
             gap_norm=args.gap,
+            num_malicious=args.malicious,
+            attack=args.attack,
+            aggregator=args.aggregator,
             psi=args.psi,
         )
     except ValueError as exc:
@@ -74,6 +77,9 @@ def _simulate(args) -> int:
         "staleness": args.staleness,
         "delay": args.delay,
         "seed": args.seed,
+        "malicious": args.malicious,
+        "attack": args.attack,
+        "aggregator": args.aggregator,
         "final_test_accuracy": result.final_test_accuracy,
         "final_validation_accuracy": result.final_validation_accuracy,
         "optimum_accuracy": task.optimum_accuracy,
@@ -118,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--psi", type=float, default=1e-3, help="l1 consensus penalty psi (robust aggregation)")
     sim.add_argument("--alpha", type=float, default=1.0, help="Dirichlet alpha of the workers' query-type mixtures")
     sim.add_argument("--label-noise", type=float, default=0.05)
+    sim.add_argument("--malicious", "-B", type=int, default=0, help="number of malicious workers B (the last B)")
+    sim.add_argument("--attack", default="none", help="none|sign_flip|gaussian_noise|scaling|alie|ipm|stale_replay|inverted_feedback|random_feedback")
+    sim.add_argument("--aggregator", default="sign_consensus", help="server rule for z: sign_consensus (paper)|mean|coordinate_median|trimmed_mean|geometric_median|krum|multi_krum|centered_clipping")
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--history", help="write the per-iteration history to this JSONL file")
     sim.add_argument("--json", action="store_true", help="print the summary on one line")

@@ -34,16 +34,20 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from . import aggregators as agglib
+from . import attacks as attacklib
 from . import cuts as cutlib
 from .estimators import selection_gradient
 from .feedback import Feedback
 from .lower_level import LowerLevelState, PrimalDualHyperparams, primal_dual_rounds, server_consensus_step
 from .optim import project_onto_simplex
+from .simplex import project_simplex
 from .selection import Configuration, SelectionVariables, decode, init_selection, sample_configurations
 
 METHODS = ("asyndbt", "sync", "cendbt", "bdpl", "demos-only", "fedone")
 CENTRALISED = ("cendbt", "bdpl", "demos-only")  # one machine holding all data
 SERVER_RULES = ("primal_dual", "fedavg")
+AGGREGATORS = ("sign_consensus",) + tuple(agglib.RULES)
 
 
 class AsynDBTConfig(NamedTuple):
@@ -82,6 +86,11 @@ class AsynDBTConfig(NamedTuple):
     use_demos: bool = True
     bilevel: bool = True
     server_rule: str = "primal_dual"
+    aggregator: str = "sign_consensus"  # the paper's z step; or any rule in aggregators.RULES
+    trim_fraction: float = 0.3  # trimmed_mean
+    clip_radius: float = 1.0  # centered_clipping
+    num_malicious: int = 0  # B: the last B workers are malicious (simulation only)
+    attack: str = "none"  # attacks.ATTACKS
 
     def eta_consensus(self) -> float:
         return self.lr_consensus if self.lr_consensus is not None else 1.0 / (self.num_workers * max(self.mu, 1e-12))
@@ -129,6 +138,18 @@ class AsynDBTConfig(NamedTuple):
             raise ValueError(f"estimator must be 'exact' or 'negative', got {self.estimator!r}")
         if self.server_rule not in SERVER_RULES:
             raise ValueError(f"server_rule must be one of {SERVER_RULES}, got {self.server_rule!r}")
+        if self.aggregator not in AGGREGATORS:
+            raise ValueError(f"aggregator must be one of {AGGREGATORS}, got {self.aggregator!r}")
+        if self.attack not in attacklib.ATTACKS:
+            raise ValueError(f"attack must be one of {attacklib.ATTACKS}, got {self.attack!r}")
+        if not (isinstance(self.num_malicious, int) and 0 <= self.num_malicious <= self.num_workers):
+            raise ValueError(f"num_malicious must be an integer in [0, R={self.num_workers}], got {self.num_malicious!r}")
+        if self.aggregator in ("krum", "multi_krum") and 2 * self.num_malicious >= self.num_workers:
+            raise ValueError(f"{self.aggregator} needs num_malicious < R/2, got {self.num_malicious} of {self.num_workers}")
+        if not 0 <= self.trim_fraction < 0.5:
+            raise ValueError(f"trim_fraction must be in [0, 0.5), got {self.trim_fraction!r}")
+        if not (math.isfinite(self.clip_radius) and self.clip_radius > 0):
+            raise ValueError(f"clip_radius must be a finite positive number, got {self.clip_radius!r}")
         if not (self.use_fragment or self.use_demos):
             raise ValueError("at least one of use_fragment and use_demos must be True")
         return self
@@ -211,6 +232,47 @@ def _optimizer(config: AsynDBTConfig) -> optax.GradientTransformation:
     )
 
 
+def malicious_mask(config: AsynDBTConfig):
+    """Concrete bool ``[R]``: the last ``num_malicious`` workers are malicious (simulation only)."""
+    return attacklib.malicious_workers(config.num_workers, config.num_malicious)
+
+
+def _scored_losses(config: AsynDBTConfig, feedback_fn, sampled, queries, key) -> jax.Array:
+    """Mean loss ``[R, I]`` of every sampled configuration, poisoned by malicious workers when
+    the attack is a feedback attack."""
+    feedback = feedback_fn(sampled, queries)
+    if config.attack in attacklib.FEEDBACK_ATTACKS and config.num_malicious:
+        mode = "invert" if config.attack == "inverted_feedback" else "random"
+        feedback = attacklib.poison_feedback(feedback, malicious_mask(config), key, mode=mode)
+    return jnp.mean(feedback.losses, axis=-1)
+
+
+def _sent_messages(config: AsynDBTConfig, fragment_probs, consensus, key):
+    """What every worker sends: its ``p``, or for malicious workers under a message attack
+    ``z + attack(p − z)`` (the attacks act on displacements from the consensus)."""
+    if config.attack == "none" or config.attack not in attacklib.MESSAGE_ATTACKS or not config.num_malicious:
+        return fragment_probs
+    delta = fragment_probs - consensus[None]
+    replay = jnp.full_like(fragment_probs, 1.0 / config.vocab_size) - consensus[None]  # the initial broadcast, replayed
+    return consensus[None] + attacklib.apply(config.attack, delta, malicious_mask(config), key, replay=replay)
+
+
+def _aggregate(config: AsynDBTConfig, received, consensus, cut_force_z, server_duals):
+    """The upper-level ``z`` step with the configured aggregator (spec §6)."""
+    R = config.num_workers
+    everyone = jnp.ones((R,), bool)  # every worker's latest copy counts
+    if config.aggregator == "sign_consensus":
+        return server_consensus_step(consensus, received, server_duals, everyone, _primal_dual_hp(config), cut_force_z)
+    options = {
+        "trimmed_mean": {"trim_fraction": config.trim_fraction},
+        "krum": {"num_byzantine": config.num_malicious},
+        "multi_krum": {"num_byzantine": config.num_malicious},
+        "centered_clipping": {"radius": config.clip_radius},
+    }.get(config.aggregator, {})
+    delta = agglib.RULES[config.aggregator](received - consensus[None], everyone, **options)
+    return project_simplex(consensus + delta - config.eta_consensus() * cut_force_z)
+
+
 def _clip_per_worker(grads: SelectionVariables, max_norm: float) -> SelectionVariables:
     """BDPL's clip of one worker's black-box estimate (both levels jointly) to ``max_norm``."""
     clip = optax.clip_by_global_norm(max_norm)
@@ -264,8 +326,9 @@ def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, r
     Returns:
       ``(new_workers, mean_loss [R])``.
     """
+    k_poison = jax.random.fold_in(key, 1)  # a separate stream: attack-free runs are unchanged
     sampled = _scored_config(config, workers.selection, key)
-    losses = jnp.mean(feedback_fn(sampled, queries).losses, axis=-1)  # [R, I]
+    losses = _scored_losses(config, feedback_fn, sampled, queries, k_poison)  # [R, I]
     grads = _clip_per_worker(_masked_gradient(config, workers.selection, sampled, losses), config.max_norm)
     grads = grads._replace(fragment_probs=grads.fragment_probs + force)
     opt = _optimizer(config)
@@ -282,8 +345,9 @@ def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, r
 def _lower_level_gradient(config, feedback_fn, demo_probs, train_queries):
     def grad_fn(key, fragment_probs):
         selection = SelectionVariables(fragment_probs, demo_probs)
+        k_poison = jax.random.fold_in(key, 1)
         sampled = _scored_config(config, selection, key)
-        losses = jnp.mean(feedback_fn(sampled, train_queries).losses, axis=-1)
+        losses = _scored_losses(config, feedback_fn, sampled, train_queries, k_poison)
         return _masked_gradient(config, selection, sampled, losses).fragment_probs
 
     return grad_fn
@@ -322,8 +386,9 @@ def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineSta
     """
     workers, server = state.workers, state.server
     key, k_refresh, k_reply = jax.random.split(state.key, 3)
+    k_attack = jax.random.fold_in(state.key, 1)
     R = config.num_workers
-    p = workers.selection.fragment_probs
+    p = _sent_messages(config, workers.selection.fragment_probs, server.consensus, k_attack)
 
     # 1. Accept messages; reject non-finite ones.
     finite = jnp.all(jnp.isfinite(p), axis=(1, 2))
@@ -340,8 +405,7 @@ def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineSta
         cuts = server.cuts
     elif config.use_fragment:
         _, cut_force_z = cutlib.cut_force(server.cuts)
-        everyone = jnp.ones((R,), bool)  # every worker's latest copy counts
-        z = server_consensus_step(z, received, server.duals, everyone, _primal_dual_hp(config), cut_force_z)
+        z = _aggregate(config, received, z, cut_force_z, server.duals)
         before = server.cuts.duals
         cuts = cutlib.dual_ascent(server.cuts, received, z, config.lr_dual, config.dual_reg)
         cuts = cutlib.drop_cuts(cuts, before, config.gamma)

@@ -39,6 +39,8 @@ def run_planted(
     M, N, _ = task.oracle.word_utility.shape
     U, V, _ = task.oracle.demo_utility.shape
     central = method in CENTRALISED
+    if central and overrides.get("num_malicious", 0):
+        raise ValueError(f"{method} runs on one machine: there are no workers to corrupt (num_malicious must be 0)")
     shapes = dict(num_fragment_words=M, vocab_size=N, num_classes=U, num_candidates=V)
     workers = 1 if central else R
     config = method_config(

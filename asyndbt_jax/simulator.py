@@ -32,7 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .engine import AsynDBTConfig, Data, EngineState, evaluate, init_state, server_step
+from .engine import AsynDBTConfig, Data, EngineState, evaluate, init_state, malicious_mask, server_step
 
 KINDS = ("constant", "exponential", "lognormal", "pareto", "classes")
 
@@ -167,6 +167,7 @@ def simulate(
     # place instead of holding input and output copies (halves peak memory at 100k workers).
     step = jax.jit(server_step, static_argnums=(0, 1), donate_argnums=2)
     evaluate_jit = jax.jit(evaluate, static_argnums=(0, 1))
+    benign = jnp.asarray(~malicious_mask(config))
 
     clock = 0.0
     arrival = np.zeros(R)
@@ -211,8 +212,9 @@ def simulate(
             }
             last = it == iterations - 1
             if it % eval_every == 0 or last:
-                val_acc = float(jnp.mean(evaluate_jit(config, feedback_fn, state, data.validation)))
-                test_acc = float(jnp.mean(evaluate_jit(config, feedback_fn, state, test_queries)))
+                # accuracy of the benign workers' prompts (malicious workers' own prompts do not count)
+                val_acc = float(jnp.mean(evaluate_jit(config, feedback_fn, state, data.validation)[benign]))
+                test_acc = float(jnp.mean(evaluate_jit(config, feedback_fn, state, test_queries)[benign]))
                 record.update(validation_accuracy=val_acc, test_accuracy=test_acc)
                 if target_validation_accuracy is not None and reached is None and val_acc >= target_validation_accuracy:
                     reached = clock

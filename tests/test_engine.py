@@ -36,6 +36,11 @@ def config(method="asyndbt", **kw):
         ({"lr_dual": float("inf")}, "lr_dual"),
         ({"num_samples": 1}, "num_samples"),
         ({"gap_norm": "l2"}, "gap_norm"),
+        ({"aggregator": "median"}, "aggregator"),
+        ({"attack": "label_flip"}, "attack"),
+        ({"num_malicious": 5}, "num_malicious"),
+        ({"aggregator": "krum", "num_malicious": 2}, "krum"),
+        ({"trim_fraction": 0.5}, "trim_fraction"),
     ],
 )
 def test_bad_config_raises_before_compiling(kw, match):
@@ -70,3 +75,45 @@ def test_methods_change_only_their_levels(task):
         np.testing.assert_array_equal(getattr(new.workers.selection, frozen), getattr(state.workers.selection, frozen))
         moved = "fragment_probs" if frozen == "demo_probs" else "demo_probs"
         assert not np.array_equal(getattr(new.workers.selection, moved), getattr(state.workers.selection, moved))
+
+
+def _one_step(task, cfg, state=None):
+    fb = functools.partial(oracle_feedback, task.oracle)
+    state = init_state(cfg, jax.random.key(0)) if state is None else state
+    return jax.jit(server_step, static_argnums=(0, 1))(cfg, fb, state, jnp.ones(R, bool), Data(task.train, task.validation))
+
+
+def _advanced_state(task, cfg):
+    """A state whose workers' p differ from z (one attack-free step)."""
+    return _one_step(task, cfg._replace(attack="none", num_malicious=0))[0]
+
+
+def test_message_attack_replaces_only_malicious_messages(task):
+    clean = config(aggregator="mean")
+    state = _advanced_state(task, clean)
+    z = state.server.consensus
+    p = state.workers.selection.fragment_probs
+    attacked, _ = _one_step(task, clean._replace(attack="scaling", num_malicious=1), state)
+    # worker R-1 is malicious: the server received z + 10 (p - z) from it, the truth from the others
+    np.testing.assert_allclose(attacked.server.received[-1], z + 10.0 * (p[-1] - z), atol=1e-6)
+    np.testing.assert_allclose(attacked.server.received[:-1], p[:-1], atol=1e-7)
+    honest, _ = _one_step(task, clean, state)
+    assert not np.allclose(attacked.server.consensus, honest.server.consensus)
+
+
+@pytest.mark.parametrize("aggregator", ["mean", "coordinate_median", "trimmed_mean", "geometric_median", "multi_krum", "centered_clipping"])
+def test_every_aggregator_runs_in_the_server_step_and_keeps_z_on_the_simplex(task, aggregator):
+    cfg = config(aggregator=aggregator, attack="sign_flip", num_malicious=1)
+    new, _ = _one_step(task, cfg, _advanced_state(task, cfg))
+    z = np.asarray(new.server.consensus)
+    assert np.all(z >= -1e-6) and np.allclose(z.sum(-1), 1.0, atol=1e-5)
+
+
+def test_feedback_attack_changes_only_malicious_workers(task):
+    cfg = config(attack="inverted_feedback", num_malicious=1)
+    state = init_state(cfg, jax.random.key(0))
+    honest, _ = _one_step(task, cfg._replace(attack="none", num_malicious=0), state)
+    poisoned, _ = _one_step(task, cfg, init_state(cfg, jax.random.key(0)))
+    q_h, q_p = honest.workers.selection.demo_probs, poisoned.workers.selection.demo_probs
+    np.testing.assert_allclose(q_p[:-1], q_h[:-1], atol=1e-7)
+    assert not np.allclose(q_p[-1], q_h[-1])
