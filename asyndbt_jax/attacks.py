@@ -123,10 +123,12 @@ def alie(updates: PyTree, malicious, *, z: float | None = None) -> PyTree:
     """"A little is enough": every malicious worker sends ``μ − z·σ`` (benign mean and standard
     deviation per coordinate), small enough to pass robust rules, consistent enough to bias them.
     ``z`` defaults to :func:`alie_z` of the concrete worker counts."""
-    malicious = _check(updates, malicious)
     if z is None:
-        R = malicious.shape[0]
-        z = alie_z(R, int(np.sum(np.asarray(malicious))))
+        if isinstance(malicious, jax.core.Tracer):
+            raise ValueError("alie needs z (or a concrete malicious mask to derive it) under jit")
+        flags = np.asarray(malicious, bool)
+        z = alie_z(flags.shape[0], int(flags.sum()))
+    malicious = _check(updates, malicious)
     mu, sigma = _benign_stats(updates, malicious)
     return _replace(updates, malicious, jax.tree.map(lambda m, s: m - z * s, mu, sigma))
 

@@ -101,9 +101,13 @@ def test_message_attack_replaces_only_malicious_messages(task):
     assert not np.allclose(attacked.server.consensus, honest.server.consensus)
 
 
-@pytest.mark.parametrize("aggregator", ["mean", "coordinate_median", "trimmed_mean", "geometric_median", "multi_krum", "centered_clipping"])
-def test_every_aggregator_runs_in_the_server_step_and_keeps_z_on_the_simplex(task, aggregator):
-    cfg = config(aggregator=aggregator, attack="sign_flip", num_malicious=1)
+@pytest.mark.parametrize(
+    "aggregator, attack",
+    [(a, "alie") for a in ["mean", "coordinate_median", "trimmed_mean", "geometric_median", "multi_krum", "centered_clipping"]]
+    + [("trimmed_mean", a) for a in ["sign_flip", "ipm", "gaussian_noise", "stale_replay", "scaling"]],
+)
+def test_every_aggregator_and_attack_run_in_the_server_step_and_keep_z_on_the_simplex(task, aggregator, attack):
+    cfg = config(aggregator=aggregator, attack=attack, num_malicious=1)
     new, _ = _one_step(task, cfg, _advanced_state(task, cfg))
     z = np.asarray(new.server.consensus)
     assert np.all(z >= -1e-6) and np.allclose(z.sum(-1), 1.0, atol=1e-5)
