@@ -72,3 +72,31 @@ def check_probabilities(name: str, probs, atol: float = 1e-4) -> None:
     worst = float(np.max(np.abs(sums - 1.0)))
     if worst > atol * max(1, p.shape[-1]):
         raise ValueError(f"{name} rows must sum to 1 (worst row sums to {1.0 + worst:.6g} or {1.0 - worst:.6g})")
+
+
+def worker_count(updates) -> int:
+    """The leading worker axis ``R`` shared by every leaf of ``updates``.
+
+    Raises:
+      ValueError: an empty pytree, a leaf without a leading axis, leaves with different
+        leading sizes, or ``R = 0``.
+    """
+    leaves = jax.tree.leaves(updates)
+    if not leaves:
+        raise ValueError("updates is an empty pytree")
+    counts = set()
+    for leaf in leaves:
+        if jnp.ndim(leaf) < 1:
+            raise ValueError(f"every leaf of updates needs a leading worker axis; got a leaf of shape {jnp.shape(leaf)}")
+        counts.add(jnp.shape(leaf)[0])
+    if len(counts) != 1:
+        raise ValueError(f"every leaf of updates must have the same leading worker axis; got sizes {sorted(counts)}")
+    (R,) = counts
+    if R < 1:
+        raise ValueError("updates has no workers (leading axis of size 0)")
+    return R
+
+
+def per_worker(v: jax.Array, leaf: jax.Array) -> jax.Array:
+    """A per-worker vector ``v [R]`` reshaped to broadcast against ``leaf [R, ...]``."""
+    return v.reshape(v.shape + (1,) * (leaf.ndim - 1))

@@ -27,29 +27,12 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ._checks import is_concrete
+from ._checks import is_concrete, per_worker, worker_count
 
 PyTree = Any
 
 
 # ----------------------------------------------------------------------------- helpers
-
-
-def _num_workers(updates: PyTree) -> int:
-    leaves = jax.tree.leaves(updates)
-    if not leaves:
-        raise ValueError("updates is an empty pytree")
-    counts = set()
-    for leaf in leaves:
-        if jnp.ndim(leaf) < 1:
-            raise ValueError(f"every leaf of updates needs a leading worker axis; got a leaf of shape {jnp.shape(leaf)}")
-        counts.add(jnp.shape(leaf)[0])
-    if len(counts) != 1:
-        raise ValueError(f"every leaf of updates must have the same leading worker axis; got sizes {sorted(counts)}")
-    (R,) = counts
-    if R < 1:
-        raise ValueError("updates has no workers (leading axis of size 0)")
-    return R
 
 
 def _mask(mask, R: int) -> jax.Array:
@@ -75,10 +58,6 @@ def _weights(weights, mask: jax.Array) -> jax.Array:
     if is_concrete(weights) and bool(jnp.any(~jnp.isfinite(weights) | (weights < 0))):
         raise ValueError("weights must be finite and non-negative")
     return jnp.where(mask, weights, 0.0)
-
-
-def _bcast(v: jax.Array, leaf: jax.Array) -> jax.Array:
-    return v.reshape(v.shape + (1,) * (leaf.ndim - 1))
 
 
 def _flatten(updates: PyTree) -> tuple[jax.Array, Callable[[jax.Array], PyTree]]:
@@ -111,21 +90,21 @@ def _weighted_average(flat: jax.Array, weights: jax.Array) -> jax.Array:
 
 def mean(updates: PyTree, mask=None, weights=None) -> PyTree:
     """Weighted average of the participating workers' updates (the non-robust baseline)."""
-    R = _num_workers(updates)
+    R = worker_count(updates)
     w = _weights(weights, _mask(mask, R))
     total = jnp.maximum(jnp.sum(w), 1e-30)
-    return jax.tree.map(lambda x: jnp.sum(_bcast(w, x).astype(x.dtype) * x, axis=0) / total.astype(x.dtype), updates)
+    return jax.tree.map(lambda x: jnp.sum(per_worker(w, x).astype(x.dtype) * x, axis=0) / total.astype(x.dtype), updates)
 
 
 def _sorted_participants(x: jax.Array, mask: jax.Array) -> jax.Array:
     """``x`` sorted along the worker axis with masked-out workers moved to the end (as +inf)."""
-    return jnp.sort(jnp.where(_bcast(mask, x), x, jnp.inf), axis=0)
+    return jnp.sort(jnp.where(per_worker(mask, x), x, jnp.inf), axis=0)
 
 
 def coordinate_median(updates: PyTree, mask=None) -> PyTree:
     """Coordinate-wise median over participating workers (mean of the two middle values
     when their count is even)."""
-    R = _num_workers(updates)
+    R = worker_count(updates)
     mask = _mask(mask, R)
     n = jnp.sum(mask)
     lo, hi = (n - 1) // 2, n // 2
@@ -146,7 +125,7 @@ def trimmed_mean(updates: PyTree, mask=None, trim_fraction: float = 0.1) -> PyTr
     """
     if not (isinstance(trim_fraction, (int, float)) and 0 <= trim_fraction < 0.5):
         raise ValueError(f"trim_fraction must be in [0, 0.5), got {trim_fraction!r}")
-    R = _num_workers(updates)
+    R = worker_count(updates)
     mask = _mask(mask, R)
     n = jnp.sum(mask)
     k = jnp.floor(trim_fraction * n).astype(jnp.int32)
@@ -155,7 +134,7 @@ def trimmed_mean(updates: PyTree, mask=None, trim_fraction: float = 0.1) -> PyTr
 
     def leaf(x):
         s = _sorted_participants(x, mask)
-        kept = jnp.where(_bcast(keep, s), s, 0.0)
+        kept = jnp.where(per_worker(keep, s), s, 0.0)
         return jnp.sum(kept, axis=0) / jnp.maximum(n - 2 * k, 1).astype(x.dtype)
 
     return jax.tree.map(leaf, updates)
@@ -192,7 +171,7 @@ def geometric_median(
         raise ValueError(f"max_iterations must be a positive integer, got {max_iterations!r}")
     if not tol >= 0 or not smoothing > 0:
         raise ValueError(f"tol must be >= 0 and smoothing > 0, got tol={tol!r}, smoothing={smoothing!r}")
-    R = _num_workers(updates)
+    R = worker_count(updates)
     w = _weights(weights, _mask(mask, R))
     flat, unflatten = _flatten(updates)
     y0 = _weighted_average(flat, w)
@@ -233,7 +212,7 @@ def krum_scores(updates: PyTree, mask=None, *, num_byzantine: int) -> jax.Array:
     Raises:
       ValueError: ``num_byzantine ≥ R/2``.
     """
-    R = _num_workers(updates)
+    R = worker_count(updates)
     _check_byzantine(num_byzantine, R)
     mask = _mask(mask, R)
     flat, _ = _flatten(updates)
@@ -251,7 +230,7 @@ def multi_krum(updates: PyTree, mask=None, *, num_byzantine: int, num_selected: 
     (default ``n − num_byzantine``, clipped to the participants)."""
     if num_selected is not None and not (isinstance(num_selected, int) and num_selected >= 1):
         raise ValueError(f"num_selected must be a positive integer, got {num_selected!r}")
-    R = _num_workers(updates)
+    R = worker_count(updates)
     mask = _mask(mask, R)
     scores = krum_scores(updates, mask, num_byzantine=num_byzantine)
     n = jnp.sum(mask)
@@ -280,7 +259,7 @@ def centered_clipping(
     rule is robust without a previous aggregate)."""
     if not (radius > 0) or not (isinstance(num_iterations, int) and num_iterations >= 1):
         raise ValueError(f"radius must be > 0 and num_iterations >= 1, got {radius!r}, {num_iterations!r}")
-    R = _num_workers(updates)
+    R = worker_count(updates)
     mask = _mask(mask, R)
     w = _weights(weights, mask)
     flat, unflatten = _flatten(updates)
@@ -318,10 +297,10 @@ def sign_consensus(
     """
     if not (psi >= 0 and step_size >= 0):
         raise ValueError(f"psi and step_size must be >= 0, got {psi!r}, {step_size!r}")
-    R = _num_workers(updates)
+    R = worker_count(updates)
     w = _weights(weights, _mask(mask, R))
     return jax.tree.map(
-        lambda x, c: c - step_size * psi * jnp.sum(_bcast(w, x).astype(x.dtype) * jnp.sign(c[None] - x), axis=0),
+        lambda x, c: c - step_size * psi * jnp.sum(per_worker(w, x).astype(x.dtype) * jnp.sign(c[None] - x), axis=0),
         updates,
         center,
     )

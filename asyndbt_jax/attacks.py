@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._checks import per_worker, worker_count
 from .feedback import Feedback
 
 PyTree = Any
@@ -52,25 +53,15 @@ def malicious_workers(num_workers: int, num_malicious: int, seed: int | None = N
 
 
 def _check(updates: PyTree, malicious) -> jax.Array:
-    leaves = jax.tree.leaves(updates)
-    if not leaves:
-        raise ValueError("updates is an empty pytree")
-    sizes = {jnp.shape(x)[0] if jnp.ndim(x) else None for x in leaves}
-    if len(sizes) != 1 or None in sizes:
-        raise ValueError(f"every leaf of updates needs the same leading worker axis; got {sizes}")
-    (R,) = sizes
+    R = worker_count(updates)
     malicious = jnp.asarray(malicious)
     if malicious.shape != (R,):
         raise ValueError(f"malicious must have shape ({R},), got {malicious.shape}")
     return malicious.astype(bool)
 
 
-def _rows(mask: jax.Array, x: jax.Array) -> jax.Array:
-    return mask.reshape(mask.shape + (1,) * (x.ndim - 1))
-
-
 def _replace(updates: PyTree, malicious: jax.Array, fake: PyTree) -> PyTree:
-    return jax.tree.map(lambda x, f: jnp.where(_rows(malicious, x), jnp.broadcast_to(f, x.shape).astype(x.dtype), x), updates, fake)
+    return jax.tree.map(lambda x, f: jnp.where(per_worker(malicious, x), jnp.broadcast_to(f, x.shape).astype(x.dtype), x), updates, fake)
 
 
 def _benign_stats(updates: PyTree, malicious: jax.Array):
@@ -78,7 +69,7 @@ def _benign_stats(updates: PyTree, malicious: jax.Array):
     n = jnp.maximum(jnp.sum(benign), 1.0)
 
     def stats(x):
-        w = _rows(benign, x).astype(x.dtype)
+        w = per_worker(benign, x).astype(x.dtype)
         mu = jnp.sum(w * x, 0) / n
         var = jnp.sum(w * (x - mu) ** 2, 0) / jnp.maximum(n - 1, 1)
         return mu, jnp.sqrt(var)
@@ -183,7 +174,7 @@ def poison_feedback(feedback: Feedback, malicious, key: jax.Array, *, mode: str 
         fake = hi + lo - losses
     else:
         fake = lo + (hi - lo) * jax.random.uniform(key, losses.shape, losses.dtype)
-    return Feedback(losses=jnp.where(_rows(malicious, losses), fake, losses), correct=feedback.correct)
+    return Feedback(losses=jnp.where(per_worker(malicious, losses), fake, losses), correct=feedback.correct)
 
 
 __all__ = [

@@ -1,8 +1,8 @@
 """Cutting-plane approximation of the lower-level constraint (spec §5, paper Eqs. 5, 14–15, 28–33).
 
 For every fragment row ``i`` the gap between the current point ``x = [{p_i^(v)}; z_i]``
-and the lower-level estimate ``φ_i`` is ``h_i(x) = ||x − φ_i||₁`` (default; ADBO's squared
-ℓ2 with ``norm="l2sq"``). The constraint ``h_i ≤ ε`` is approximated by linear cuts
+and the lower-level estimate ``φ_i`` is ``h_i(x) = ||x − φ_i||²`` (ADBO's squared ℓ2, the
+default) or ``||x − φ_i||₁`` (``norm="l1"``, the spec's default, measured worse). The constraint ``h_i ≤ ε`` is approximated by linear cuts
 
     Σ_v a_l^(v)ᵀ p_i^(v) + b_lᵀ z_i + c_l ≤ 0
 

@@ -12,7 +12,9 @@ One iteration (``server_step``):
 1. Accept the arrived workers' fragment distributions; a message with NaN/Inf is rejected,
    counted, and never enters ``z``.
 2. Server (spec §6 [inferred from ADBO]): ``z ← proj_Δ(z − η_z(Σ_l λ_l b_l + Σ_v(−ρ_v + μ(z − p_v)
-   + ψ sign(z − p_v))))`` over every worker's latest copy; ``λ ← max(0, λ + η_λ(values − c₁λ))``;
+   + ψ sign(z − p_v))))`` over every worker's latest copy (the default ``sign_consensus``
+   aggregator; any other rule moves ``z`` by the aggregate of ``p_v − z``);
+   ``λ ← max(0, λ + η_λ(values − c₁λ))``;
    drop cuts whose dual stayed below ``γ``.
 3. Every ``δ`` iterations: refresh the polyhedron: ``K`` primal-dual rounds with all
    workers (spec §4) give ``φ``; add a cut where the gap exceeds ``ε`` (spec §5).
