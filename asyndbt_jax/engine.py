@@ -39,6 +39,7 @@ import optax
 from . import aggregators as agglib
 from . import attacks as attacklib
 from . import cuts as cutlib
+from ._checks import per_worker
 from .estimators import selection_gradient
 from .feedback import Feedback
 from .lower_level import LowerLevelState, PrimalDualHyperparams, primal_dual_rounds, server_consensus_step
@@ -338,7 +339,7 @@ def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, r
     selection = optax.apply_updates(workers.selection, updates)
 
     def pick(new, old):
-        return jnp.where(replied.reshape((-1,) + (1,) * (new.ndim - 1)), new, old)
+        return jnp.where(per_worker(replied, new), new, old)
 
     new_workers = WorkerState(jax.tree.map(pick, selection, workers.selection), jax.tree.map(pick, opt_state, workers.opt_state))
     return new_workers, jnp.mean(losses, axis=-1)
