@@ -11,7 +11,9 @@ gradient, or a worker's message minus the current consensus): the AsynDBT server
 Message attacks: :func:`sign_flip`, :func:`gaussian_noise`, :func:`scaling`, :func:`alie`
 ("a little is enough", Baruch et al. 2019), :func:`ipm` (inner-product manipulation, Xie et
 al. 2020), :func:`stale_replay`. Feedback attack: :func:`poison_feedback` (a malicious
-worker reports inverted or random losses to the black-box estimator).
+worker reports inverted or random losses to the black-box estimator). Data attack:
+:func:`poison_demonstrations` (label-flipped demonstration pools; the malicious worker
+then follows the algorithm honestly).
 
 ``malicious_workers(R, B)`` picks the identities (the last ``B`` workers by default, or a
 seeded random subset).
@@ -33,7 +35,8 @@ PyTree = Any
 
 MESSAGE_ATTACKS = ("none", "sign_flip", "gaussian_noise", "scaling", "alie", "ipm", "stale_replay")
 FEEDBACK_ATTACKS = ("inverted_feedback", "random_feedback")
-ATTACKS = MESSAGE_ATTACKS + FEEDBACK_ATTACKS
+DATA_ATTACKS = ("poisoned_demos",)
+ATTACKS = MESSAGE_ATTACKS + FEEDBACK_ATTACKS + DATA_ATTACKS
 
 
 def malicious_workers(num_workers: int, num_malicious: int, seed: int | None = None) -> np.ndarray:
@@ -100,26 +103,22 @@ def scaling(updates: PyTree, malicious, *, factor: float = 10.0) -> PyTree:
     return _replace(updates, malicious, jax.tree.map(lambda x: factor * x, updates))
 
 
-def alie_z(num_workers: int, num_malicious: int) -> float:
+def alie_z(num_workers: int, num_malicious) -> jax.Array:
     """Baruch et al.'s ``z_max``: the largest shift (in benign standard deviations) that still
-    keeps the fake update inside the majority: ``s = ⌊R/2 + 1⌋ − B``, ``z = Φ⁻¹((R − s)/R)``."""
-    s = math.floor(num_workers / 2 + 1) - num_malicious
-    p = min(max((num_workers - s) / num_workers, 1e-6), 1 - 1e-6)
-    from statistics import NormalDist
-
-    return NormalDist().inv_cdf(p)
+    keeps the fake update inside the majority: ``s = ⌊R/2 + 1⌋ − B``, ``z = Φ⁻¹((R − s)/R)``.
+    ``num_malicious`` may be traced (a scalar array)."""
+    s = math.floor(num_workers / 2 + 1) - jnp.asarray(num_malicious, jnp.float32)
+    p = jnp.clip((num_workers - s) / num_workers, 1e-6, 1 - 1e-6)
+    return jax.scipy.special.ndtri(p)
 
 
 def alie(updates: PyTree, malicious, *, z: float | None = None) -> PyTree:
     """"A little is enough": every malicious worker sends ``μ − z·σ`` (benign mean and standard
     deviation per coordinate), small enough to pass robust rules, consistent enough to bias them.
-    ``z`` defaults to :func:`alie_z` of the concrete worker counts."""
-    if z is None:
-        if isinstance(malicious, jax.core.Tracer):
-            raise ValueError("alie needs z (or a concrete malicious mask to derive it) under jit")
-        flags = np.asarray(malicious, bool)
-        z = alie_z(flags.shape[0], int(flags.sum()))
+    ``z`` defaults to :func:`alie_z` of the worker counts (works under ``jit``)."""
     malicious = _check(updates, malicious)
+    if z is None:
+        z = alie_z(malicious.shape[0], jnp.sum(malicious))
     mu, sigma = _benign_stats(updates, malicious)
     return _replace(updates, malicious, jax.tree.map(lambda m, s: m - z * s, mu, sigma))
 
@@ -177,8 +176,32 @@ def poison_feedback(feedback: Feedback, malicious, key: jax.Array, *, mode: str 
     return Feedback(losses=jnp.where(per_worker(malicious, losses), fake, losses), correct=feedback.correct)
 
 
+def poison_demonstrations(queries, malicious):
+    """Label-flipped demonstration pools for the malicious workers (a data-poisoning attack).
+
+    The malicious workers then run the algorithm honestly on poisoned data: every
+    demonstration they show carries a wrong answer. ``queries`` is a per-worker query
+    batch (leaves ``[R, B]``) with a ``flipped_demos`` field, as the planted oracle's
+    :class:`~asyndbt_jax.oracle.Queries` has; the malicious rows are set to ``True``.
+
+    Raises:
+      ValueError: the queries have no ``flipped_demos`` field, or ``malicious`` has the wrong shape.
+    """
+    if not hasattr(queries, "flipped_demos") or not hasattr(queries, "_replace"):
+        raise ValueError(
+            "poisoned_demos needs queries with a 'flipped_demos' field (the planted oracle's Queries); "
+            f"got {type(queries).__name__}"
+        )
+    flags = queries.flipped_demos
+    malicious = jnp.asarray(malicious, bool)
+    if flags.ndim < 1 or malicious.shape != flags.shape[:1]:
+        raise ValueError(f"malicious must have shape ({flags.shape[0] if flags.ndim else '?'},), got {malicious.shape}")
+    return queries._replace(flipped_demos=flags | per_worker(malicious, flags))
+
+
 __all__ = [
     "ATTACKS",
+    "DATA_ATTACKS",
     "FEEDBACK_ATTACKS",
     "MESSAGE_ATTACKS",
     "alie",
@@ -187,6 +210,7 @@ __all__ = [
     "gaussian_noise",
     "ipm",
     "malicious_workers",
+    "poison_demonstrations",
     "poison_feedback",
     "scaling",
     "sign_flip",

@@ -55,12 +55,18 @@ def init_cuts(num_rows: int, capacity: int, num_workers: int, vocab_size: int, d
     )
 
 
-def gap(fragment_probs, consensus, phi_probs, phi_consensus, norm: str = "l2sq") -> jax.Array:
+def _sum_workers(terms):
+    return jnp.sum(terms, axis=0)
+
+
+def gap(fragment_probs, consensus, phi_probs, phi_consensus, norm: str = "l2sq", combine=_sum_workers) -> jax.Array:
     """``h_i = ||[{p_i^(v)}; z_i] − φ_i||`` for every row ``i``: ``[M]``.
 
     Args:
       fragment_probs: ``p [R, M, N]``; consensus: ``z [M, N]``; phi_probs, phi_consensus: ``φ`` alike.
       norm: ``"l2sq"`` (squared ℓ2, ADBO; the default) or ``"l1"`` (the spec's default, measured worse: docs/algorithm.md).
+      combine: how the per-worker terms ``[R, M]`` are summed (default the plain sum; the
+        engine passes ``R ×`` a robust rule, ``engine.worker_sum``).
 
     Paper: Eq. 5 / spec §5.
     """
@@ -68,8 +74,8 @@ def gap(fragment_probs, consensus, phi_probs, phi_consensus, norm: str = "l2sq")
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
     dp, dz = fragment_probs - phi_probs, consensus - phi_consensus
     if norm == "l1":
-        return jnp.sum(jnp.abs(dp), axis=(0, 2)) + jnp.sum(jnp.abs(dz), axis=-1)
-    return jnp.sum(dp**2, axis=(0, 2)) + jnp.sum(dz**2, axis=-1)
+        return combine(jnp.sum(jnp.abs(dp), axis=-1)) + jnp.sum(jnp.abs(dz), axis=-1)
+    return combine(jnp.sum(dp**2, axis=-1)) + jnp.sum(dz**2, axis=-1)
 
 
 def gap_gradient(fragment_probs, consensus, phi_probs, phi_consensus, norm: str = "l2sq"):
@@ -80,26 +86,30 @@ def gap_gradient(fragment_probs, consensus, phi_probs, phi_consensus, norm: str 
     return 2.0 * dp, 2.0 * dz
 
 
-def cut_values(cuts: CutBuffer, fragment_probs, consensus) -> jax.Array:
-    """``Σ_v a_l^(v)ᵀ p_i^(v) + b_lᵀ z_i + c_l`` for every row and cut, 0 where inactive: ``[M, C]``."""
-    worker_part = jnp.sum(cuts.worker_coef * fragment_probs[:, :, None, :], axis=(0, 3))
+def cut_values(cuts: CutBuffer, fragment_probs, consensus, combine=_sum_workers) -> jax.Array:
+    """``Σ_v a_l^(v)ᵀ p_i^(v) + b_lᵀ z_i + c_l`` for every row and cut, 0 where inactive: ``[M, C]``
+    (``combine`` sums the per-worker terms ``[R, M, C]``; see :func:`gap`)."""
+    worker_part = combine(jnp.sum(cuts.worker_coef * fragment_probs[:, :, None, :], axis=3))
     consensus_part = jnp.sum(cuts.consensus_coef * consensus[:, None, :], axis=-1)
     return jnp.where(cuts.active, worker_part + consensus_part + cuts.offset, 0.0)
 
 
-def add_cuts(cuts: CutBuffer, fragment_probs, consensus, phi_probs, phi_consensus, epsilon: float, norm="l2sq"):
+def add_cuts(
+    cuts: CutBuffer, fragment_probs, consensus, phi_probs, phi_consensus, epsilon: float, norm="l2sq", combine=_sum_workers
+):
     """Add a cut at the current point to every row whose gap exceeds ``ε`` (paper Eqs. 14–15).
 
     ``a = ∂h/∂p``, ``b = ∂h/∂z``, ``c = h(x_t) − aᵀp_t − bᵀz_t − ε``. The new cut takes the
     row's first inactive slot or, when the row is full, the slot with the smallest dual.
-    Its dual starts at 0.
+    Its dual starts at 0. ``combine`` sums per-worker terms (see :func:`gap`); the cut's
+    value at the current point is ``h − ε`` for any ``combine``.
 
     Returns:
       ``(new_buffer, added [M] bool)``.
     """
-    h = gap(fragment_probs, consensus, phi_probs, phi_consensus, norm)  # [M]
+    h = gap(fragment_probs, consensus, phi_probs, phi_consensus, norm, combine)  # [M]
     a, b = gap_gradient(fragment_probs, consensus, phi_probs, phi_consensus, norm)  # [R, M, N], [M, N]
-    c = h - jnp.sum(a * fragment_probs, axis=(0, 2)) - jnp.sum(b * consensus, -1) - epsilon
+    c = h - combine(jnp.sum(a * fragment_probs, axis=-1)) - jnp.sum(b * consensus, -1) - epsilon
     add = h > epsilon
     score = jnp.where(cuts.active, cuts.duals, -jnp.inf)  # an inactive slot scores lowest
     slot = jnp.argmin(score, axis=-1)  # [M]
@@ -131,8 +141,8 @@ def cut_force(cuts: CutBuffer):
     return worker, consensus
 
 
-def dual_ascent(cuts: CutBuffer, fragment_probs, consensus, eta_lambda: float, c1: float) -> CutBuffer:
+def dual_ascent(cuts: CutBuffer, fragment_probs, consensus, eta_lambda: float, c1: float, combine=_sum_workers) -> CutBuffer:
     """``λ_l ← max(0, λ_l + η_λ (Σ_v a_l^(v)ᵀ p^(v) + b_lᵀ z + c_l − c_1 λ_l))`` on active cuts (spec §6)."""
-    values = cut_values(cuts, fragment_probs, consensus)
+    values = cut_values(cuts, fragment_probs, consensus, combine)
     new = jnp.maximum(0.0, cuts.duals + eta_lambda * (values - c1 * cuts.duals))
     return cuts._replace(duals=jnp.where(cuts.active, new, 0.0))

@@ -176,9 +176,14 @@ class ServerState(NamedTuple):
 
 
 class EngineState(NamedTuple):
+    """Everything one run carries. ``malicious [R]`` marks the workers that attack
+    (simulation only; ``init_state`` marks the last ``num_malicious``; a batch of runs may
+    mark fewer, ``num_malicious`` then being the bound Krum assumes)."""
+
     workers: WorkerState
     server: ServerState
     key: jax.Array
+    malicious: jax.Array
 
 
 class StepMetrics(NamedTuple):
@@ -240,40 +245,81 @@ def malicious_mask(config: AsynDBTConfig):
     return attacklib.malicious_workers(config.num_workers, config.num_malicious)
 
 
-def _scored_losses(config: AsynDBTConfig, feedback_fn, sampled, queries, key) -> jax.Array:
+def _scored_losses(config: AsynDBTConfig, feedback_fn, sampled, queries, key, malicious) -> jax.Array:
     """Mean loss ``[R, I]`` of every sampled configuration, poisoned by malicious workers when
     the attack is a feedback attack."""
     feedback = feedback_fn(sampled, queries)
     if config.attack in attacklib.FEEDBACK_ATTACKS and config.num_malicious:
         mode = "invert" if config.attack == "inverted_feedback" else "random"
-        feedback = attacklib.poison_feedback(feedback, malicious_mask(config), key, mode=mode)
+        feedback = attacklib.poison_feedback(feedback, malicious, key, mode=mode)
     return jnp.mean(feedback.losses, axis=-1)
 
 
-def _sent_messages(config: AsynDBTConfig, fragment_probs, consensus, key):
+def _sent_messages(config: AsynDBTConfig, fragment_probs, consensus, key, malicious):
     """What every worker sends: its ``p``, or for malicious workers under a message attack
     ``z + attack(p − z)`` (the attacks act on displacements from the consensus)."""
     if config.attack == "none" or config.attack not in attacklib.MESSAGE_ATTACKS or not config.num_malicious:
         return fragment_probs
     delta = fragment_probs - consensus[None]
     replay = jnp.full_like(fragment_probs, 1.0 / config.vocab_size) - consensus[None]  # the initial broadcast, replayed
-    return consensus[None] + attacklib.apply(config.attack, delta, malicious_mask(config), key, replay=replay)
+    return consensus[None] + attacklib.apply(config.attack, delta, malicious, key, replay=replay)
 
 
-def _aggregate(config: AsynDBTConfig, received, consensus, cut_force_z, server_duals):
-    """The upper-level ``z`` step with the configured aggregator (spec §6)."""
-    R = config.num_workers
-    everyone = jnp.ones((R,), bool)  # every worker's latest copy counts
-    if config.aggregator == "sign_consensus":
-        return server_consensus_step(consensus, received, server_duals, everyone, _primal_dual_hp(config), cut_force_z)
+def _poisoned_data(config: AsynDBTConfig, data: "Data", malicious) -> "Data":
+    if config.attack not in attacklib.DATA_ATTACKS or not config.num_malicious:
+        return data
+    return Data(attacklib.poison_demonstrations(data.train, malicious), attacklib.poison_demonstrations(data.validation, malicious))
+
+
+def _rule(config: AsynDBTConfig):
+    """The configured rule (not ``sign_consensus``) as ``terms [R, ...] -> aggregate`` over every worker."""
+    name = config.aggregator
     options = {
         "trimmed_mean": {"trim_fraction": config.trim_fraction},
         "krum": {"num_byzantine": config.num_malicious},
         "multi_krum": {"num_byzantine": config.num_malicious},
         "centered_clipping": {"radius": config.clip_radius},
-    }.get(config.aggregator, {})
-    delta = agglib.RULES[config.aggregator](received - consensus[None], everyone, **options)
-    return project_simplex(consensus + delta - config.eta_consensus() * cut_force_z)
+    }.get(name, {})
+    rule = agglib.RULES[name]
+    return lambda terms: rule(terms, jnp.ones((config.num_workers,), bool), **options)
+
+
+def worker_sum(config: AsynDBTConfig):
+    """How the server combines per-worker terms that the paper sums (the cut gap and cut
+    values, spec §5–6): the plain sum for ``mean`` and for the paper's ``sign_consensus``
+    (the paper robustifies only the consensus step), else ``R ×`` the configured robust
+    rule, so one worker cannot inflate a cut's gap or dual. Returns ``terms [R, ...] -> [...]``."""
+    if config.aggregator in ("mean", "sign_consensus"):
+        return lambda terms: jnp.sum(terms, axis=0)
+    rule = _rule(config)
+    return lambda terms: config.num_workers * rule(terms)
+
+
+def consensus_step(config: AsynDBTConfig):
+    """The server's ``z`` step with the configured aggregator (spec §4 Eq. 10 and §6):
+    ``(z, p [R, M, N], ρ, mask, hp, extra_force) -> z``.
+
+    ``sign_consensus`` is the paper's step (:func:`~asyndbt_jax.lower_level.server_consensus_step`).
+    Any other rule replaces the paper's sum over workers by ``R ×`` the rule:
+    ``z ← proj_Δ(z + η_z R · rule_v(ρ_v + μ(p_v − z)) − η_z F)``, so ``mean`` is the paper's
+    step with ``ψ = 0`` exactly.
+    """
+    if config.aggregator == "sign_consensus":
+        return server_consensus_step
+    rule = _rule(config)
+
+    def step(consensus, fragment_probs, duals, mask, hp: PrimalDualHyperparams, extra_force=0.0):
+        del mask  # every worker's latest copy counts (the server holds one for each)
+        pull = rule(duals + hp.mu * (fragment_probs - consensus[None]))
+        return project_simplex(consensus + hp.eta_z * (config.num_workers * pull - extra_force))
+
+    return step
+
+
+def _aggregate(config: AsynDBTConfig, received, consensus, cut_force_z, server_duals):
+    """The upper-level ``z`` step with the configured aggregator (spec §6)."""
+    everyone = jnp.ones((config.num_workers,), bool)  # every worker's latest copy counts
+    return consensus_step(config)(consensus, received, server_duals, everyone, _primal_dual_hp(config), cut_force_z)
 
 
 def _clip_per_worker(grads: SelectionVariables, max_norm: float) -> SelectionVariables:
@@ -298,7 +344,7 @@ def init_state(config: AsynDBTConfig, key: jax.Array) -> EngineState:
         iteration=jnp.zeros((), jnp.int32),
         rejected=jnp.zeros((), jnp.int32),
     )
-    return EngineState(workers, server, key)
+    return EngineState(workers, server, key, jnp.asarray(malicious_mask(config)))
 
 
 def _scored_config(config: AsynDBTConfig, selection: SelectionVariables, key) -> Configuration:
@@ -318,7 +364,7 @@ def _masked_gradient(config: AsynDBTConfig, selection, sampled, losses) -> Selec
     )
 
 
-def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, replied, queries, key):
+def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, replied, queries, key, malicious=None):
     """Every replied worker computes its next upper-level update (spec §6, worker side).
 
     Samples ``I`` configurations, scores them on ``queries`` (validation batch), estimates
@@ -329,9 +375,11 @@ def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, r
     Returns:
       ``(new_workers, mean_loss [R])``.
     """
+    if malicious is None:
+        malicious = jnp.asarray(malicious_mask(config))
     k_poison = jax.random.fold_in(key, 1)  # a separate stream: attack-free runs are unchanged
     sampled = _scored_config(config, workers.selection, key)
-    losses = _scored_losses(config, feedback_fn, sampled, queries, k_poison)  # [R, I]
+    losses = _scored_losses(config, feedback_fn, sampled, queries, k_poison, malicious)  # [R, I]
     grads = _clip_per_worker(_masked_gradient(config, workers.selection, sampled, losses), config.max_norm)
     grads = grads._replace(fragment_probs=grads.fragment_probs + force)
     opt = _optimizer(config)
@@ -345,12 +393,12 @@ def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, r
     return new_workers, jnp.mean(losses, axis=-1)
 
 
-def _lower_level_gradient(config, feedback_fn, demo_probs, train_queries):
+def _lower_level_gradient(config, feedback_fn, demo_probs, train_queries, malicious):
     def grad_fn(key, fragment_probs):
         selection = SelectionVariables(fragment_probs, demo_probs)
         k_poison = jax.random.fold_in(key, 1)
         sampled = _scored_config(config, selection, key)
-        losses = _scored_losses(config, feedback_fn, sampled, train_queries, k_poison)
+        losses = _scored_losses(config, feedback_fn, sampled, train_queries, k_poison, malicious)
         return _masked_gradient(config, selection, sampled, losses).fragment_probs
 
     return grad_fn
@@ -360,21 +408,27 @@ def _primal_dual_hp(config: AsynDBTConfig) -> PrimalDualHyperparams:
     return PrimalDualHyperparams(config.lower_lr, config.eta_consensus(), config.lr_rho, config.mu, config.psi)
 
 
-def _refresh(config, feedback_fn, server: ServerState, demo_probs, train_queries, key):
+def _refresh(config, feedback_fn, server: ServerState, demo_probs, train_queries, key, malicious):
     """Recompute φ with K primal-dual rounds of all workers and add cuts where h > ε (spec §4–5)."""
     hp = _primal_dual_hp(config)
     start = LowerLevelState(server.received, server.consensus, server.duals)
     everyone = jnp.ones((config.num_workers,), bool)
-    phi = primal_dual_rounds(
-        start, _lower_level_gradient(config, feedback_fn, demo_probs, train_queries), key, config.lower_rounds, everyone, hp
-    )
+    grad_fn = _lower_level_gradient(config, feedback_fn, demo_probs, train_queries, malicious)
+    phi = primal_dual_rounds(start, grad_fn, key, config.lower_rounds, everyone, hp, consensus_step(config))
     new_cuts, _ = cutlib.add_cuts(
-        server.cuts, server.received, server.consensus, phi.fragment_probs, phi.consensus, config.eps(), config.gap_norm
+        server.cuts,
+        server.received,
+        server.consensus,
+        phi.fragment_probs,
+        phi.consensus,
+        config.eps(),
+        config.gap_norm,
+        combine=worker_sum(config),
     )
     return server._replace(cuts=new_cuts, duals=phi.duals)
 
 
-def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineState, arrived, data: Data):
+def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineState, arrived, data: Data, refresh=None):
     """One server iteration (see the module docstring). Pure; jit with ``config``/``feedback_fn`` static.
 
     Args:
@@ -383,6 +437,9 @@ def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineSta
       state: engine state.
       arrived: bool ``[R]``: workers whose messages reached the server.
       data: per-worker training/validation query batches.
+      refresh: scalar bool, refresh the polyhedron now; default ``None``: every ``δ``
+        iterations of the state's counter. A batch of runs (``jax.vmap`` over states) passes
+        one unbatched flag so the refresh stays a real branch instead of running every time.
 
     Returns:
       ``(new_state, StepMetrics)``.
@@ -391,7 +448,9 @@ def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineSta
     key, k_refresh, k_reply = jax.random.split(state.key, 3)
     k_attack = jax.random.fold_in(state.key, 1)
     R = config.num_workers
-    p = _sent_messages(config, workers.selection.fragment_probs, server.consensus, k_attack)
+    malicious = state.malicious
+    data = _poisoned_data(config, data, malicious)
+    p = _sent_messages(config, workers.selection.fragment_probs, server.consensus, k_attack, malicious)
 
     # 1. Accept messages; reject non-finite ones.
     finite = jnp.all(jnp.isfinite(p), axis=(1, 2))
@@ -410,7 +469,7 @@ def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineSta
         _, cut_force_z = cutlib.cut_force(server.cuts)
         z = _aggregate(config, received, z, cut_force_z, server.duals)
         before = server.cuts.duals
-        cuts = cutlib.dual_ascent(server.cuts, received, z, config.lr_dual, config.dual_reg)
+        cuts = cutlib.dual_ascent(server.cuts, received, z, config.lr_dual, config.dual_reg, combine=worker_sum(config))
         cuts = cutlib.drop_cuts(cuts, before, config.gamma)
     else:
         cuts = server.cuts
@@ -420,10 +479,10 @@ def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineSta
     refreshed = jnp.asarray(False)
     refresh_queries = jnp.zeros((), jnp.int32)
     if config.bilevel and config.use_fragment:
-        refreshed = (server.iteration % config.refresh_every) == 0
+        refreshed = (server.iteration % config.refresh_every) == 0 if refresh is None else jnp.asarray(refresh, bool)
         server = jax.lax.cond(
             refreshed,
-            lambda s: _refresh(config, feedback_fn, s, workers.selection.demo_probs, data.train, k_refresh),
+            lambda s: _refresh(config, feedback_fn, s, workers.selection.demo_probs, data.train, k_refresh, malicious),
             lambda s: s,
             server,
         )
@@ -436,7 +495,7 @@ def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineSta
         broadcast = jnp.where(arrived[:, None, None], z[None], workers.selection.fragment_probs)
         workers = workers._replace(selection=workers.selection._replace(fragment_probs=broadcast))
     force = cutlib.cut_force(server.cuts)[0] if config.bilevel and config.use_fragment else 0.0
-    workers, losses = worker_reply(config, feedback_fn, workers, force, arrived, data.validation, k_reply)
+    workers, losses = worker_reply(config, feedback_fn, workers, force, arrived, data.validation, k_reply, malicious)
 
     val_batch = jax.tree.leaves(data.validation)[0].shape[-1]
     staleness = jnp.where(arrived, 0, server.staleness + 1).astype(jnp.int32)
@@ -452,7 +511,7 @@ def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineSta
     server = server._replace(
         staleness=staleness, iteration=server.iteration + 1, rejected=server.rejected + num_rejected
     )
-    return EngineState(workers, server, key), metrics
+    return EngineState(workers, server, key, malicious), metrics
 
 
 def decoded_prompts(config: AsynDBTConfig, state: EngineState) -> Configuration:

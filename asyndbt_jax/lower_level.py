@@ -99,7 +99,9 @@ class LowerLevelState(NamedTuple):
     duals: jax.Array
 
 
-def primal_dual_rounds(state: LowerLevelState, grad_fn, key, num_rounds: int, mask, hp: PrimalDualHyperparams):
+def primal_dual_rounds(
+    state: LowerLevelState, grad_fn, key, num_rounds: int, mask, hp: PrimalDualHyperparams, consensus_step=server_consensus_step
+):
     """K primal-dual rounds (paper Eqs. 7–13); returns the final state, i.e. ``φ = [{p^K}, z^K]``.
 
     Args:
@@ -110,6 +112,8 @@ def primal_dual_rounds(state: LowerLevelState, grad_fn, key, num_rounds: int, ma
       num_rounds: ``K >= 1`` (static).
       mask: bool ``[R]`` workers that take part (others keep their ``p`` and ``ρ``).
       hp: hyper-parameters.
+      consensus_step: the server's ``z`` step, ``(z, p, ρ, mask, hp) -> z`` (default: the
+        paper's ψ-sign step; the engine passes its configured robust aggregator).
     """
     if not isinstance(num_rounds, int) or num_rounds < 1:
         raise ValueError(f"num_rounds (K) must be a positive integer, got {num_rounds!r}")
@@ -118,7 +122,7 @@ def primal_dual_rounds(state: LowerLevelState, grad_fn, key, num_rounds: int, ma
         grad = grad_fn(round_key, s.fragment_probs)
         p = worker_primal_step(s.fragment_probs, grad, s.duals, s.consensus, hp)
         p = jnp.where(mask[:, None, None], p, s.fragment_probs)
-        z = server_consensus_step(s.consensus, p, s.duals, mask, hp)
+        z = consensus_step(s.consensus, p, s.duals, mask, hp)
         rho = dual_step(s.duals, p, z, mask, hp)
         return LowerLevelState(p, z, rho), None
 

@@ -16,7 +16,9 @@ genuinely bilevel). Index ``-1`` means "no demonstration" (utility 0, style ``S`
 "none" style, whose coupling is 0) or "no word" (utility 0).
 
 Queries carry a type, a clean label, an observed label (the clean one flipped with
-probability ``label_noise``) and a difficulty ``~ N(0, difficulty_scale)``. Workers are
+probability ``label_noise``), a difficulty ``~ N(0, difficulty_scale)`` and a flag for a
+label-flipped demonstration pool (the poisoned-demonstrations attack: the demonstration
+utility changes sign). Workers are
 non-IID: worker ``r`` draws query types from its own mixture ``π_r ~ Dirichlet(α·1)``;
 the test set is drawn from the uniform mixture.
 
@@ -65,6 +67,10 @@ class Queries(NamedTuple):
     label: jax.Array  # observed (possibly noisy) label
     clean_label: jax.Array
     difficulty: jax.Array
+    # True where the worker scoring this query holds a label-flipped demonstration pool
+    # (the poisoned-demonstrations attack): every shown demonstration carries a wrong answer,
+    # so its utility flips sign. All False in a clean task.
+    flipped_demos: jax.Array
 
 
 class PlantedTask(NamedTuple):
@@ -117,9 +123,10 @@ def oracle_logits(oracle: PlantedOracle, config: Configuration, queries: Queries
     coupling = jnp.mean(jnp.take_along_axis(c_per_style, style, axis=-1), axis=-1)  # [..., I]
     word_part = (jnp.sum(w, axis=-2) + coupling[..., None]) / max(num_words, 1)  # [..., I, T]
 
-    per_type = oracle.bias + demo_part + word_part  # [..., I, T]
-    qtype = jnp.broadcast_to(queries.query_type[..., None, :], per_type.shape[:-1] + queries.query_type.shape[-1:])
-    margin = jnp.take_along_axis(per_type, qtype, axis=-1) - queries.difficulty[..., None, :]  # [..., I, B]
+    qtype = jnp.broadcast_to(queries.query_type[..., None, :], word_part.shape[:-1] + queries.query_type.shape[-1:])
+    demo_q = jnp.take_along_axis(demo_part, qtype, axis=-1)  # [..., I, B]
+    demo_q = jnp.where(queries.flipped_demos[..., None, :], -demo_q, demo_q)
+    margin = oracle.bias + demo_q + jnp.take_along_axis(word_part, qtype, axis=-1) - queries.difficulty[..., None, :]
     true_label = jnp.broadcast_to(queries.clean_label[..., None, :], margin.shape)
     return jnp.where(jax.nn.one_hot(true_label, num_classes, dtype=bool), margin[..., None], 0.0)
 
@@ -204,7 +211,9 @@ def _queries(key, mixture, size, num_classes, label_noise, difficulty_scale) -> 
     other = (clean + jax.random.randint(k_other, qtype.shape, 1, max(num_classes, 2))) % num_classes
     label = jnp.where(flip & (num_classes > 1), other, clean)
     difficulty = difficulty_scale * jax.random.normal(k_diff, qtype.shape)
-    return Queries(qtype.astype(jnp.int32), label.astype(jnp.int32), clean.astype(jnp.int32), difficulty)
+    return Queries(
+        qtype.astype(jnp.int32), label.astype(jnp.int32), clean.astype(jnp.int32), difficulty, jnp.zeros(qtype.shape, bool)
+    )
 
 
 def make_planted_task(

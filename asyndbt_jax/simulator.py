@@ -26,7 +26,7 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -123,6 +123,51 @@ def choose_arrivals(arrival: np.ndarray, staleness: np.ndarray, offline: np.ndar
     return wait_until, arrival <= wait_until
 
 
+class Clock:
+    """The host-side event clock of one run (NumPy): pending arrival times, offline workers,
+    staleness counters, virtual time. :func:`simulate` and :func:`simulate_batch` both drive it."""
+
+    def __init__(self, config: AsynDBTConfig, delay: DelayModel, seed: int):
+        self.config, self.delay = config, delay
+        self.rng = np.random.default_rng(seed)
+        R = config.num_workers
+        self.time = 0.0
+        self.arrival = np.zeros(R)
+        self.offline = np.zeros(R, bool)
+        self.staleness = np.zeros(R, np.int64)
+
+    def next_arrivals(self, iteration: int) -> np.ndarray:
+        """The arrived mask of server iteration ``iteration`` (everyone at iteration 0: the
+        broadcast of the initial state); advances the clock to it."""
+        if iteration == 0:
+            return np.ones(self.config.num_workers, bool)
+        self.time, arrived = choose_arrivals(
+            self.arrival, self.staleness, self.offline, self.config.num_active, self.config.max_staleness
+        )
+        return arrived
+
+    def after_step(self, arrived: np.ndarray, refreshed: bool) -> None:
+        """Charge a refresh (``K`` synchronous rounds of the online workers, no dropout draws),
+        draw the replied workers' next delays, update the staleness counters."""
+        if refreshed:
+            online = np.flatnonzero(~self.offline) if (~self.offline).any() else np.arange(self.config.num_workers)
+            lower, _ = self.delay.sample(self.rng, online, allow_dropout=False)
+            pause = self.config.lower_rounds * float(lower.max())
+            self.time += pause
+            self.arrival = self.arrival + pause
+        replied = np.flatnonzero(arrived)
+        d, dropped = self.delay.sample(self.rng, replied)
+        self.arrival[replied] = self.time + d
+        self.offline[replied] = dropped
+        self.staleness = np.where(arrived, 0, self.staleness + 1)
+
+
+def refresh_schedule(config: AsynDBTConfig, iterations: int) -> np.ndarray:
+    """bool ``[T]``: the iterations that refresh the polyhedron (every ``δ``, bilevel methods only)."""
+    every = np.arange(iterations) % config.refresh_every == 0
+    return every & bool(config.bilevel and config.use_fragment)
+
+
 def simulate(
     config: AsynDBTConfig,
     feedback_fn,
@@ -160,19 +205,14 @@ def simulate(
         raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
     if eval_every < 1:
         raise ValueError(f"eval_every must be >= 1, got {eval_every!r}")
-    R = config.num_workers
-    rng = np.random.default_rng(seed)
     state = init_state(config, jax.random.key(seed))
     # The state is threaded through, so its buffers are donated: the step updates them in
     # place instead of holding input and output copies (halves peak memory at 100k workers).
     step = jax.jit(server_step, static_argnums=(0, 1), donate_argnums=2)
     evaluate_jit = jax.jit(evaluate, static_argnums=(0, 1))
-    benign = jnp.asarray(~malicious_mask(config))
+    benign = ~state.malicious
 
-    clock = 0.0
-    arrival = np.zeros(R)
-    offline = np.zeros(R, bool)
-    arrived = np.ones(R, bool)  # iteration 0: broadcast of the initial state to everyone
+    clock = Clock(config, delay, seed)
     history: list[dict] = []
     total_queries = 0
     reached = None
@@ -181,27 +221,16 @@ def simulate(
     started = time.perf_counter()
     try:
         for it in range(iterations):
-            if it > 0:
-                clock, arrived = choose_arrivals(arrival, staleness, offline, config.num_active, config.max_staleness)
+            arrived = clock.next_arrivals(it)
             state, metrics = step(config, feedback_fn, state, jnp.asarray(arrived), data)
             m = jax.device_get(metrics)
-            if bool(m.refreshed):
-                # K synchronous lower-level rounds of the online workers (no dropout draws).
-                online = np.flatnonzero(~offline) if (~offline).any() else np.arange(R)
-                lower, _ = delay.sample(rng, online, allow_dropout=False)
-                pause = config.lower_rounds * float(lower.max())
-                clock += pause
-                arrival = arrival + pause
-            replied = np.flatnonzero(arrived)
-            d, dropped = delay.sample(rng, replied)
-            arrival[replied] = clock + d
-            offline[replied] = dropped
-            staleness = np.asarray(state.server.staleness)  # the engine's counters, read back
+            clock.after_step(arrived, bool(m.refreshed))
+            staleness, offline = clock.staleness, clock.offline
             total_queries += int(m.queries)
             record = {
                 "iteration": it,
-                "virtual_time": clock,
-                "arrived": replied.tolist(),
+                "virtual_time": clock.time,
+                "arrived": np.flatnonzero(arrived).tolist(),
                 "max_staleness": int(m.max_staleness),
                 "max_staleness_online": int(staleness[~offline].max()) if (~offline).any() else 0,
                 "mean_loss": float(m.mean_loss),
@@ -217,13 +246,13 @@ def simulate(
                 test_acc = float(jnp.mean(evaluate_jit(config, feedback_fn, state, test_queries)[benign]))
                 record.update(validation_accuracy=val_acc, test_accuracy=test_acc)
                 if target_validation_accuracy is not None and reached is None and val_acc >= target_validation_accuracy:
-                    reached = clock
+                    reached = clock.time
             history.append(record)
             if sink:
                 sink.write(json.dumps(record) + "\n")
             if progress:
                 sys.stderr.write(
-                    f"\r[{it + 1}/{iterations}] t={clock:9.2f} val={val_acc:.3f} test={test_acc:.3f} "
+                    f"\r[{it + 1}/{iterations}] t={clock.time:9.2f} val={val_acc:.3f} test={test_acc:.3f} "
                     f"queries={total_queries} {time.perf_counter() - started:6.1f}s"
                 )
                 sys.stderr.flush()
@@ -240,8 +269,102 @@ def simulate(
         final_test_accuracy=test_acc,
         final_validation_accuracy=val_acc,
         iterations=len(history),
-        virtual_time=clock,
+        virtual_time=clock.time,
         queries=total_queries,
         rejected=int(state.server.rejected),
         reached_target_at=reached,
+    )
+
+
+class BatchResult(NamedTuple):
+    """Final accuracies of a batch of runs (benign workers only), one entry per run."""
+
+    test_accuracy: np.ndarray  # [K]
+    validation_accuracy: np.ndarray  # [K]
+    virtual_time: float
+    iterations: int
+
+
+def simulate_batch(
+    config: AsynDBTConfig,
+    feedback_fn,
+    data: Data,
+    test_queries: Any,
+    delay: DelayModel,
+    *,
+    iterations: int,
+    seeds: Sequence[int],
+    malicious: np.ndarray | None = None,
+    schedule_seed: int = 0,
+    chunk: int = 100,
+    progress: bool = True,
+) -> BatchResult:
+    """``K`` runs of one configuration as a single vmapped, jit-compiled scan.
+
+    The runs share one straggler schedule (the :class:`Clock` drawn with ``schedule_seed``)
+    and differ in their JAX seed (sampling, attack noise) and in which workers are
+    malicious, so a seed × attack-fraction grid costs one compilation. ``config.num_malicious``
+    is then the bound the rules assume (Krum's ``f``); each run's actual set is a row of
+    ``malicious``.
+
+    Args:
+      seeds: ``K`` JAX seeds.
+      malicious: bool ``[K, R]`` (default: every run has the last ``config.num_malicious``).
+      chunk: iterations per compiled scan (progress is reported between chunks).
+
+    Raises:
+      ValueError: empty ``seeds``, ``malicious`` of the wrong shape, or ``iterations < 1``.
+    """
+    config.validate()
+    if not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds must name at least one run")
+    R, K = config.num_workers, len(seeds)
+    if malicious is None:
+        malicious = np.broadcast_to(malicious_mask(config), (K, R))
+    malicious = np.asarray(malicious, bool)
+    if malicious.shape != (K, R):
+        raise ValueError(f"malicious must have shape (len(seeds), R) = ({K}, {R}), got {malicious.shape}")
+
+    clock = Clock(config, delay, schedule_seed)
+    refresh = refresh_schedule(config, iterations)
+    arrived = np.zeros((iterations, R), bool)
+    for it in range(iterations):
+        arrived[it] = clock.next_arrivals(it)
+        clock.after_step(arrived[it], bool(refresh[it]))
+
+    keys = jnp.stack([jax.random.key_data(jax.random.key(s)) for s in seeds])
+    states = jax.vmap(lambda k: init_state(config, jax.random.wrap_key_data(k)))(keys)
+    states = states._replace(malicious=jnp.asarray(malicious))
+
+    def body(batch, xs):
+        a, r = xs
+        new, metrics = jax.vmap(lambda s: server_step(config, feedback_fn, s, a, data, r))(batch)
+        return new, metrics.mean_loss
+
+    run_chunk = jax.jit(lambda batch, a, r: jax.lax.scan(body, batch, (a, r)), donate_argnums=0)
+    started = time.perf_counter()
+    for start in range(0, iterations, chunk):
+        stop = min(start + chunk, iterations)
+        states, _ = run_chunk(states, jnp.asarray(arrived[start:stop]), jnp.asarray(refresh[start:stop]))
+        if progress:
+            jax.block_until_ready(states)
+            sys.stderr.write(f"\r[{stop}/{iterations}] {K} runs {time.perf_counter() - started:6.1f}s")
+            sys.stderr.flush()
+    if progress:
+        sys.stderr.write("\n")
+
+    def benign_accuracy(state, queries):
+        acc = evaluate(config, feedback_fn, state, queries)
+        benign = ~state.malicious
+        return jnp.sum(jnp.where(benign, acc, 0.0)) / jnp.maximum(jnp.sum(benign), 1)
+
+    acc = jax.jit(jax.vmap(benign_accuracy, in_axes=(0, None)))
+    return BatchResult(
+        test_accuracy=np.asarray(acc(states, test_queries)),
+        validation_accuracy=np.asarray(acc(states, data.validation)),
+        virtual_time=clock.time,
+        iterations=iterations,
     )

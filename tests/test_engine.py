@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asyndbt_jax.engine import Data, init_state, method_config, server_step
+from asyndbt_jax.engine import Data, init_state, malicious_mask, method_config, server_step
 from asyndbt_jax.oracle import make_planted_task, oracle_feedback
 
 R = 4
@@ -79,7 +79,10 @@ def test_methods_change_only_their_levels(task):
 
 def _one_step(task, cfg, state=None):
     fb = functools.partial(oracle_feedback, task.oracle)
-    state = init_state(cfg, jax.random.key(0)) if state is None else state
+    if state is None:
+        state = init_state(cfg, jax.random.key(0))
+    else:  # the malicious workers of ``cfg`` (the state may come from an attack-free config)
+        state = state._replace(malicious=jnp.asarray(malicious_mask(cfg)))
     return jax.jit(server_step, static_argnums=(0, 1))(cfg, fb, state, jnp.ones(R, bool), Data(task.train, task.validation))
 
 

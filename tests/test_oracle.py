@@ -139,4 +139,4 @@ def test_bad_input(kwargs, match):
 
 
 def test_queries_type_is_exported():
-    assert Queries._fields == ("query_type", "label", "clean_label", "difficulty")
+    assert Queries._fields == ("query_type", "label", "clean_label", "difficulty", "flipped_demos")
