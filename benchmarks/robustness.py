@@ -20,6 +20,7 @@ whether that stays within 2 points, and the largest drop of ``mean``. Never asse
 from __future__ import annotations
 
 import functools
+import json
 import sys
 import time
 from pathlib import Path
@@ -103,7 +104,8 @@ def main() -> None:
     timings: dict = {}
     for attack in attacks:
         results[attack], spread[attack] = {}, {}
-        for aggregator in aggregators:
+    for aggregator in aggregators:  # one aggregator's full row at a time: a stopped run leaves complete rows
+        for attack in attacks:
             config = method_config(
                 "asyndbt", num_workers=R, num_active=R // 2, max_staleness=8, num_fragment_words=M, vocab_size=N,
                 num_classes=U, num_candidates=V, num_samples=10, lr_fragment=0.01, lr_demos=0.05,
@@ -120,6 +122,8 @@ def main() -> None:
             spread[attack][aggregator] = {str(f): float(acc[i].std()) for i, f in enumerate(FRACTIONS)}
             _common.log(args, f"{attack:18s} {aggregator:18s} " + " ".join(f"{a:.3f}" for a in acc.mean(1))
                         + f"  ({timings[f'{attack}/{aggregator}']:.0f}s)")
+            if args.out:  # nothing lost if a long run is stopped: the cells so far, marked incomplete
+                Path(args.out).write_text(json.dumps({"benchmark": "robustness", "complete": False, "results": results}, indent=2))
 
     worst = {g: max(results[a][g]["0.0"] - results[a][g]["0.3"] for a in attacks) for g in aggregators}
     targets = {
@@ -141,6 +145,7 @@ def main() -> None:
             "inputs": {"workers": R, "active": R // 2, "max_staleness": 8, "iterations": iterations, "seeds": len(seeds),
                        "fractions": list(FRACTIONS), "malicious_counts": counts, "krum_bound": bound,
                        "delays": "lognormal:1.0", "dirichlet_alpha": 1.0},
+            "complete": True,
             "results": results,
             "spread": spread,
             "targets": targets,

@@ -90,3 +90,27 @@ def test_jit_and_bad_input():
         attacks.apply("label_flip", u, BAD, jax.random.key(0))
     with pytest.raises(ValueError, match="replay"):
         attacks.apply("stale_replay", u, BAD, jax.random.key(0))
+
+
+def test_alie_under_jit_matches_the_concrete_mask():
+    u = updates()
+    eager = attacks.alie(u, BAD)
+    jitted = jax.jit(attacks.alie)(u, jnp.asarray(BAD))
+    for a, b in zip(jax.tree.leaves(eager), jax.tree.leaves(jitted)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(float(attacks.alie_z(R, 3)), NormalDist().inv_cdf((R - (R // 2 + 1 - 3)) / R), rtol=1e-5)
+
+
+def test_poison_demonstrations_flags_only_malicious_pools_and_rejects_foreign_queries():
+    from asyndbt_jax.oracle import make_planted_task
+
+    task = make_planted_task(jax.random.key(0), num_workers=R, num_fragment_words=3, vocab_size=5, num_candidates=4, num_test=10)
+    assert not bool(jnp.any(task.train.flipped_demos))
+    out = attacks.poison_demonstrations(task.train, BAD)
+    flags = np.asarray(out.flipped_demos)
+    assert flags[BAD].all() and not flags[~BAD].any()
+    np.testing.assert_array_equal(out.label, task.train.label)
+    with pytest.raises(ValueError, match="flipped_demos"):
+        attacks.poison_demonstrations({"label": jnp.zeros((R, 3))}, BAD)
+    with pytest.raises(ValueError, match="shape"):
+        attacks.poison_demonstrations(task.train, BAD[:-1])

@@ -124,3 +124,41 @@ def test_feedback_attack_changes_only_malicious_workers(task):
     q_h, q_p = honest.workers.selection.demo_probs, poisoned.workers.selection.demo_probs
     np.testing.assert_allclose(q_p[:-1], q_h[:-1], atol=1e-7)
     assert not np.allclose(q_p[-1], q_h[-1])
+
+
+def test_data_attack_poisons_only_the_malicious_workers_pools(task):
+    cfg = config(attack="poisoned_demos", num_malicious=1)
+    honest, _ = _one_step(task, cfg._replace(attack="none", num_malicious=0))
+    poisoned, _ = _one_step(task, cfg)
+    q_h, q_p = honest.workers.selection.demo_probs, poisoned.workers.selection.demo_probs
+    np.testing.assert_allclose(q_p[:-1], q_h[:-1], atol=1e-7)
+    assert not np.allclose(q_p[-1], q_h[-1])
+
+
+def test_mean_consensus_step_is_the_papers_step_without_psi(task):
+    """``aggregator="mean"`` replaces the paper's sum over workers by R × the mean: the same step at ψ = 0."""
+    from asyndbt_jax.engine import _primal_dual_hp, consensus_step
+    from asyndbt_jax.lower_level import server_consensus_step
+
+    rng = np.random.default_rng(0)
+    p = jnp.asarray(rng.dirichlet(np.ones(7), size=(R, 5)), jnp.float32)
+    z = jnp.asarray(rng.dirichlet(np.ones(7), size=5), jnp.float32)
+    rho = jnp.asarray(0.01 * rng.normal(size=(R, 5, 7)), jnp.float32)
+    force = jnp.asarray(0.01 * rng.normal(size=(5, 7)), jnp.float32)
+    cfg = config(aggregator="mean", psi=0.0, lr_consensus=0.1)
+    hp = _primal_dual_hp(cfg)
+    ours = consensus_step(cfg)(z, p, rho, jnp.ones(R, bool), hp, force)
+    np.testing.assert_allclose(ours, server_consensus_step(z, p, rho, jnp.ones(R, bool), hp, force), atol=1e-6)
+
+
+def test_robust_worker_sum_bounds_one_outlier():
+    """The cut gap and cut values combine per-worker terms: a plain sum for the paper's rules,
+    R × the robust rule otherwise, so one worker cannot inflate them."""
+    from asyndbt_jax.engine import worker_sum
+
+    terms = jnp.asarray([[1.0, 2.0], [1.2, 2.2], [0.8, 1.8], [1e6, -1e6]])
+    np.testing.assert_allclose(worker_sum(config(aggregator="mean"))(terms), jnp.sum(terms, 0))
+    np.testing.assert_allclose(worker_sum(config(aggregator="sign_consensus"))(terms), jnp.sum(terms, 0))
+    for rule in ["coordinate_median", "trimmed_mean", "geometric_median", "multi_krum", "centered_clipping"]:
+        out = np.asarray(worker_sum(config(aggregator=rule, num_malicious=1, trim_fraction=0.25))(terms))
+        assert np.all(np.abs(out - R * np.array([1.0, 2.0])) <= R * 0.6), (rule, out)

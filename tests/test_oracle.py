@@ -140,3 +140,23 @@ def test_bad_input(kwargs, match):
 
 def test_queries_type_is_exported():
     assert Queries._fields == ("query_type", "label", "clean_label", "difficulty", "flipped_demos")
+
+
+def test_flipped_demonstration_pool_flips_the_demonstration_utility():
+    from asyndbt_jax.oracle import oracle_logits
+
+    task = make_planted_task(jax.random.key(1), num_workers=2, num_fragment_words=3, vocab_size=5, num_candidates=4, num_test=50)
+    q = task.test
+    flipped = q._replace(flipped_demos=jnp.ones_like(q.flipped_demos))
+    with_demos = adbt.Configuration(fragment_words=jnp.asarray([[0, 1, 2]]), demos=jnp.asarray([[1, 2]]))
+    no_demos = adbt.Configuration(fragment_words=jnp.asarray([[0, 1, 2]]), demos=jnp.asarray([[-1, -1]]))
+    none = adbt.Configuration(fragment_words=jnp.asarray([[-1, -1, -1]]), demos=jnp.asarray([[-1, -1]]))
+    demos_only = adbt.Configuration(fragment_words=jnp.asarray([[-1, -1, -1]]), demos=jnp.asarray([[1, 2]]))
+    # without demonstrations the flag changes nothing
+    np.testing.assert_allclose(oracle_logits(task.oracle, no_demos, q), oracle_logits(task.oracle, no_demos, flipped))
+    # with them, the demonstration part of the margin changes sign
+    base = oracle_logits(task.oracle, none, q).sum(-1)
+    demo = oracle_logits(task.oracle, demos_only, q).sum(-1) - base
+    demo_flipped = oracle_logits(task.oracle, demos_only, flipped).sum(-1) - base
+    np.testing.assert_allclose(demo_flipped, -demo, atol=1e-5)
+    assert not np.allclose(oracle_logits(task.oracle, with_demos, q), oracle_logits(task.oracle, with_demos, flipped))

@@ -76,3 +76,32 @@ def test_history_records_required_fields(task, tmp_path):
     for key in ("virtual_time", "arrived", "max_staleness", "mean_loss", "queries", "test_accuracy", "validation_accuracy"):
         assert key in first and key in last
     assert result.queries == sum(h["queries"] for h in result.history) > 0
+
+
+def test_simulate_batch_reproduces_single_runs_and_varies_the_malicious_set(task):
+    """A batch of runs shares the straggler schedule; with the same seeds it equals simulate()."""
+    import functools
+
+    from asyndbt_jax.engine import Data
+    from asyndbt_jax.oracle import oracle_feedback
+    from asyndbt_jax.simulator import simulate_batch
+
+    kw = dict(aggregator="trimmed_mean", attack="sign_flip", num_malicious=2)
+    single = run(task, seed=3, **kw)
+    config = run_planted("asyndbt", task, parse_delay("lognormal:1.0"), iterations=1, num_active=2, max_staleness=3,
+                         progress=False, num_samples=4, refresh_every=3, **kw)[1]
+    fb = functools.partial(oracle_feedback, task.oracle)
+    mal = np.zeros((2, R), bool)
+    mal[0, -2:] = True  # run 0: as configured; run 1: attack-free
+    batch = simulate_batch(config, fb, Data(task.train, task.validation), task.test, parse_delay("lognormal:1.0"),
+                           iterations=12, seeds=[3, 3], malicious=mal, schedule_seed=3, chunk=5, progress=False)
+    np.testing.assert_allclose(batch.test_accuracy[0], single.final_test_accuracy, atol=1e-6)
+    np.testing.assert_allclose(batch.virtual_time, single.virtual_time)
+    clean = run(task, seed=3, **{**kw, "num_malicious": 0})
+    np.testing.assert_allclose(batch.test_accuracy[1], clean.final_test_accuracy, atol=1e-6)
+    with pytest.raises(ValueError, match="shape"):
+        simulate_batch(config, fb, Data(task.train, task.validation), task.test, parse_delay("lognormal:1.0"),
+                       iterations=2, seeds=[0], malicious=mal)
+    with pytest.raises(ValueError, match="seeds"):
+        simulate_batch(config, fb, Data(task.train, task.validation), task.test, parse_delay("lognormal:1.0"),
+                       iterations=2, seeds=[])
