@@ -7,6 +7,9 @@ import json
 import platform
 import sys
 
+from .attacks import ATTACKS
+from .engine import AGGREGATORS
+
 
 def _info(_args) -> int:
     import jax
@@ -125,8 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--alpha", type=float, default=1.0, help="Dirichlet alpha of the workers' query-type mixtures")
     sim.add_argument("--label-noise", type=float, default=0.05)
     sim.add_argument("--malicious", "-B", type=int, default=0, help="number of malicious workers B (the last B)")
-    sim.add_argument("--attack", default="none", help="none|sign_flip|gaussian_noise|scaling|alie|ipm|stale_replay|inverted_feedback|random_feedback")
-    sim.add_argument("--aggregator", default="sign_consensus", help="server rule for z: sign_consensus (paper)|mean|coordinate_median|trimmed_mean|geometric_median|krum|multi_krum|centered_clipping")
+    sim.add_argument("--attack", default="none", choices=ATTACKS, help="what the malicious workers do (see asyndbt_jax.attacks)")
+    sim.add_argument(
+        "--aggregator", default="sign_consensus", choices=AGGREGATORS,
+        help="server rule for z, the lower-level consensus and the cut sums (sign_consensus: the paper's)",
+    )
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--history", help="write the per-iteration history to this JSONL file")
     sim.add_argument("--json", action="store_true", help="print the summary on one line")

@@ -291,7 +291,9 @@ def main() -> None:
         for size in results[rule]:
             value = results[rule][size][metric]
             met = value <= bound if metric == "ratio_vs_memory_pass" else value >= bound
-            targets.append({"rule": rule, "size": size, "metric": metric, "target": text, "value": value, "met": bool(met)})
+            targets.append(
+                {"rule": rule, "size": size, "metric": metric, "target": text, "value": value, "met": bool(met)}
+            )
 
     machine = _common.machine()
     out = {
@@ -304,7 +306,11 @@ def main() -> None:
             "outliers": f"R/20 rows shifted by +{OUTLIER_SHIFT:g} (num_byzantine = R/20)",
             "trim_fraction": TRIM_FRACTION,
             "geometric_median": {"max_iterations": GM_MAX_ITERATIONS, "tol": GM_TOL, "smoothing": GM_SMOOTHING},
-            "centered_clipping": {"center": "mean of the updates", "radius": "median distance to it", "num_iterations": CLIP_ITERATIONS},
+            "centered_clipping": {
+                "center": "mean of the updates",
+                "radius": "median distance to it",
+                "num_iterations": CLIP_ITERATIONS,
+            },
             "sign_consensus": {"center": "mean of the updates", "psi": PSI, "step_size": STEP_SIZE},
             "memory_pass": "jax.jit(jnp.sum) over the whole [R, D] array",
             "numpy_blas_threads_default": blas_threads_default(),

@@ -1,6 +1,9 @@
-"""Render benchmark JSON files as the markdown tables quoted in docs/performance.md.
+"""Render benchmark JSON files as the markdown tables quoted in docs/.
 
     python benchmarks/report.py docs/core_kernels_cpu.json docs/core_kernels_gpu.json
+    python benchmarks/report.py docs/robustness_quick.json
+
+The table is chosen by the file's ``benchmark`` field (core_kernels or robustness).
 """
 
 from __future__ import annotations
@@ -50,12 +53,37 @@ def core_kernels_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def robustness_table(result: dict) -> str:
+    """Accuracy at B = 0 and at 30 % malicious for every attack × aggregator, drop in points."""
+    attacks = [a for a in result["results"] if result["results"][a]]
+    aggregators = list(next(iter(result["results"][a] for a in attacks)))
+    lines = [
+        "Benign workers' test accuracy (%) with 30 % malicious workers, and in brackets the points lost "
+        "against the same rule without attackers (B = 0 row).",
+        "",
+        "| attack | " + " | ".join(aggregators) + " |",
+        "|---|" + "---|" * len(aggregators),
+    ]
+    first = result["results"][attacks[0]]
+    lines.append("| B = 0 | " + " | ".join(f"{100 * first[g]['0.0']:.1f}" for g in aggregators) + " |")
+    for a in attacks:
+        cells = []
+        for g in aggregators:
+            cell = result["results"][a].get(g)
+            cells.append("—" if cell is None else f"{100 * cell['0.3']:.1f} ({100 * (cell['0.0'] - cell['0.3']):+.1f})")
+        lines.append(f"| {a} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+TABLES = {"core_kernels": core_kernels_table, "robustness": robustness_table}
+
+
 def main(paths: list[str]) -> None:
     for path in paths:
         with open(path) as fh:
             result = json.load(fh)
         print(f"From `{path}`:\n")
-        print(core_kernels_table(result))
+        print(TABLES.get(result.get("benchmark"), core_kernels_table)(result))
         print()
 
 

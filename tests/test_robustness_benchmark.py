@@ -1,0 +1,36 @@
+"""benchmarks/robustness.py prints results[attack][aggregator][fraction] (issue 4) and the targets."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness.py"
+
+
+@pytest.mark.slow
+def test_tiny_grid_prints_the_named_json_fields(tmp_path):
+    out_file = tmp_path / "rob.json"
+    cmd = [sys.executable, str(SCRIPT), "--json", "--workers", "10", "--iterations", "12", "--seeds", "1",
+           "--attacks", "sign_flip,poisoned_demos", "--aggregators", "mean,trimmed_mean", "--out", str(out_file)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["complete"] is True and json.loads(out_file.read_text()) == out
+    assert set(out["results"]) == {"sign_flip", "poisoned_demos"}
+    for attack in out["results"].values():
+        assert set(attack) == {"mean", "trimmed_mean"}
+        for cells in attack.values():
+            assert set(cells) == {"0.0", "0.1", "0.2", "0.3"}
+            assert all(0.0 <= v <= 1.0 for v in cells.values())
+    # B = 0 is the same attack-free run whatever the attack
+    assert out["results"]["sign_flip"]["mean"]["0.0"] == out["results"]["poisoned_demos"]["mean"]["0.0"]
+    assert out["inputs"]["malicious_counts"] == [0, 1, 2, 3]
+    assert {"within_2_points_at_0.3", "worst_drop_at_0.3", "mean_breaks"} <= set(out["targets"])
+
+
+def test_unknown_attack_is_a_clear_error():
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--attacks", "label_flip"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "unknown attacks" in proc.stderr
