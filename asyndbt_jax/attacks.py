@@ -37,6 +37,8 @@ MESSAGE_ATTACKS = ("none", "sign_flip", "gaussian_noise", "scaling", "alie", "ip
 FEEDBACK_ATTACKS = ("inverted_feedback", "random_feedback")
 DATA_ATTACKS = ("poisoned_demos",)
 ATTACKS = MESSAGE_ATTACKS + FEEDBACK_ATTACKS + DATA_ATTACKS
+# The one parameter that sets each message attack's strength (``AsynDBTConfig.attack_strength``).
+ATTACK_STRENGTH = {"sign_flip": "scale", "gaussian_noise": "std", "scaling": "factor", "alie": "z", "ipm": "epsilon"}
 
 
 def malicious_workers(num_workers: int, num_malicious: int, seed: int | None = None) -> np.ndarray:
@@ -201,6 +203,7 @@ def poison_demonstrations(queries, malicious):
 
 __all__ = [
     "ATTACKS",
+    "ATTACK_STRENGTH",
     "DATA_ATTACKS",
     "FEEDBACK_ATTACKS",
     "MESSAGE_ATTACKS",

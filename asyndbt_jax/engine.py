@@ -94,6 +94,7 @@ class AsynDBTConfig(NamedTuple):
     clip_radius: float = 1.0  # centered_clipping
     num_malicious: int = 0  # B: the last B workers are malicious (simulation only)
     attack: str = "none"  # attacks.ATTACKS
+    attack_strength: float | None = None  # the message attack's parameter (ATTACK_STRENGTH); None: its default
 
     def eta_consensus(self) -> float:
         return self.lr_consensus if self.lr_consensus is not None else 1.0 / (self.num_workers * max(self.mu, 1e-12))
@@ -145,6 +146,14 @@ class AsynDBTConfig(NamedTuple):
             raise ValueError(f"aggregator must be one of {AGGREGATORS}, got {self.aggregator!r}")
         if self.attack not in attacklib.ATTACKS:
             raise ValueError(f"attack must be one of {attacklib.ATTACKS}, got {self.attack!r}")
+        if self.attack_strength is not None and not (
+            isinstance(self.attack_strength, (int, float)) and math.isfinite(self.attack_strength) and self.attack_strength > 0
+        ):
+            raise ValueError(f"attack_strength must be a finite positive number or None, got {self.attack_strength!r}")
+        if self.attack_strength is not None and self.attack not in attacklib.ATTACK_STRENGTH:
+            raise ValueError(
+                f"attack_strength applies to {sorted(attacklib.ATTACK_STRENGTH)}, not to attack={self.attack!r}"
+            )
         if not (isinstance(self.num_malicious, int) and 0 <= self.num_malicious <= self.num_workers):
             raise ValueError(f"num_malicious must be an integer in [0, R={self.num_workers}], got {self.num_malicious!r}")
         if self.aggregator in ("krum", "multi_krum") and 2 * self.num_malicious >= self.num_workers:
@@ -262,7 +271,8 @@ def _sent_messages(config: AsynDBTConfig, fragment_probs, consensus, key, malici
         return fragment_probs
     delta = fragment_probs - consensus[None]
     replay = jnp.full_like(fragment_probs, 1.0 / config.vocab_size) - consensus[None]  # the initial broadcast, replayed
-    return consensus[None] + attacklib.apply(config.attack, delta, malicious, key, replay=replay)
+    options = {} if config.attack_strength is None else {attacklib.ATTACK_STRENGTH[config.attack]: config.attack_strength}
+    return consensus[None] + attacklib.apply(config.attack, delta, malicious, key, replay=replay, **options)
 
 
 def _poisoned_data(config: AsynDBTConfig, data: "Data", malicious) -> "Data":

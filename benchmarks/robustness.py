@@ -1,15 +1,20 @@
 """Robustness to malicious workers: every attack × every aggregator × attacker fraction.
 
     python benchmarks/robustness.py [--quick] [--json] [--out FILE] [--workers R]
-        [--iterations T] [--seeds K] [--attacks a,b] [--aggregators x,y] [--heatmap PNG]
+        [--iterations T] [--seeds K] [--attacks a,b] [--aggregators x,y] [--strength X] [--heatmap PNG]
 
 AsynDBT on the planted task (paper shapes M = 75, N = 100, U = 2, V = 50; Dirichlet α = 1
-non-IID workers), R = 100 workers (``--quick``: R = 20), S = R/2, τ = 8, lognormal(1)
+non-IID workers; word utilities of scale 1.0 rather than the default 0.3, so the shared
+fragment, the only thing the server aggregates, can move accuracy: ``fragment_lever`` in
+the JSON gives the accuracy of the best demonstrations with the worst / a random / the best
+fragment), R = 100 workers (``--quick``: R = 20), S = R/2, τ = 8, lognormal(1)
 delays, I = 10, Adam lr 0.01 / 0.05. For every attack and aggregator, the attacker
 fractions B/R ∈ {0, 0.1, 0.2, 0.3} and ``--seeds`` seeds run as one vmapped batch
 (``simulator.simulate_batch``: one shared straggler schedule, one compilation); the
 malicious workers are the last B; Krum's assumed bound is f = 0.3·R in every run. The
 reported accuracy is the benign workers' final test accuracy, averaged over seeds.
+``--strength`` sets every message attack's parameter (``attacks.ATTACK_STRENGTH``: the
+sign-flip scale, noise std, scaling factor, ALIE z, IPM ε) instead of its default.
 
 JSON: ``results[attack][aggregator][fraction] = accuracy`` (fractions as strings, "0.3";
 accuracies in [0, 1]), ``spread[...]`` the seed standard deviation alike, and ``targets``:
@@ -26,14 +31,16 @@ import time
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-from asyndbt_jax.attacks import ATTACKS  # noqa: E402
+from asyndbt_jax.attacks import ATTACK_STRENGTH, ATTACKS  # noqa: E402
 from asyndbt_jax.engine import AGGREGATORS, Data, method_config  # noqa: E402
-from asyndbt_jax.oracle import make_planted_task, oracle_feedback  # noqa: E402
+from asyndbt_jax.oracle import accuracy, make_planted_task, oracle_feedback, restricted_optimum  # noqa: E402
+from asyndbt_jax.selection import Configuration  # noqa: E402
 from asyndbt_jax.simulator import parse_delay, simulate_batch  # noqa: E402
 
 FRACTIONS = (0.0, 0.1, 0.2, 0.3)
@@ -45,6 +52,9 @@ def _extra(parser):
     parser.add_argument("--seeds", type=int, default=2, help="seeds per cell (default 2)")
     parser.add_argument("--attacks", help="comma-separated subset of " + ",".join(a for a in ATTACKS if a != "none"))
     parser.add_argument("--aggregators", help="comma-separated subset of " + ",".join(AGGREGATORS))
+    parser.add_argument("--word-scale", type=float, default=1.0,
+                        help="planted word-utility scale (default 1.0: the shared fragment can move accuracy; 0.3 is the task default)")
+    parser.add_argument("--strength", type=float, help="attack_strength of the message attacks that have one (default: each attack's own)")
     parser.add_argument("--heatmap", help="write a heat map of the 30%% drops to this PNG")
 
 
@@ -78,6 +88,22 @@ def heatmap(path: str, results: dict, attacks, aggregators) -> None:
     fig.savefig(path, dpi=120)
 
 
+def fragment_lever(task) -> dict:
+    """Test accuracy of the best demonstrations with the worst, a random and the best fragment
+    (by word utility): how far an attack on the shared fragment can move accuracy."""
+    T = task.oracle.demo_utility.shape[-1]
+    uniform = jnp.full((T,), 1.0 / T)
+    demos = restricted_optimum(task.oracle, uniform, use_fragment=False, use_demos=True).demos
+    score = np.asarray(task.oracle.word_utility) @ np.asarray(uniform)
+    M, N = score.shape
+    words = {"worst": score.argmin(-1), "random": np.random.default_rng(0).integers(0, N, M), "best": score.argmax(-1)}
+    out = {f"{name}_fragment": float(accuracy(task.oracle, Configuration(jnp.asarray(w, jnp.int32), demos), task.test))
+           for name, w in words.items()}
+    out["no_fragment"] = float(accuracy(task.oracle, Configuration(jnp.full((M,), -1, jnp.int32), demos), task.test))
+    out["optimum"] = task.optimum_accuracy
+    return out
+
+
 def main() -> None:
     args = _common.parse_args(__doc__.splitlines()[0], _extra)
     R = args.workers or (20 if args.quick else 100)
@@ -88,7 +114,8 @@ def main() -> None:
         raise SystemExit("--seeds must be >= 1")
     counts = [round(f * R) for f in FRACTIONS]
     bound = counts[-1]
-    task = make_planted_task(jax.random.key(0), num_workers=R)
+    task = make_planted_task(jax.random.key(0), num_workers=R, word_scale=args.word_scale)
+    lever = fragment_lever(task)
     feedback = functools.partial(oracle_feedback, task.oracle)
     data = Data(task.train, task.validation)
     M, N, _ = task.oracle.word_utility.shape
@@ -110,6 +137,7 @@ def main() -> None:
                 "asyndbt", num_workers=R, num_active=R // 2, max_staleness=8, num_fragment_words=M, vocab_size=N,
                 num_classes=U, num_candidates=V, num_samples=10, lr_fragment=0.01, lr_demos=0.05,
                 aggregator=aggregator, attack=attack, num_malicious=bound,
+                attack_strength=args.strength if attack in ATTACK_STRENGTH else None,
             )
             started = time.perf_counter()
             batch = simulate_batch(
@@ -144,7 +172,9 @@ def main() -> None:
             **_common.machine(),
             "inputs": {"workers": R, "active": R // 2, "max_staleness": 8, "iterations": iterations, "seeds": len(seeds),
                        "fractions": list(FRACTIONS), "malicious_counts": counts, "krum_bound": bound,
-                       "delays": "lognormal:1.0", "dirichlet_alpha": 1.0},
+                       "delays": "lognormal:1.0", "dirichlet_alpha": 1.0,
+                       "attack_strength": args.strength, "word_scale": args.word_scale},
+            "fragment_lever": lever,
             "complete": True,
             "results": results,
             "spread": spread,

@@ -41,6 +41,8 @@ def config(method="asyndbt", **kw):
         ({"num_malicious": 5}, "num_malicious"),
         ({"aggregator": "krum", "num_malicious": 2}, "krum"),
         ({"trim_fraction": 0.5}, "trim_fraction"),
+        ({"attack": "sign_flip", "num_malicious": 1, "attack_strength": -1.0}, "attack_strength"),
+        ({"attack": "stale_replay", "num_malicious": 1, "attack_strength": 2.0}, "attack_strength"),
     ],
 )
 def test_bad_config_raises_before_compiling(kw, match):
@@ -114,6 +116,14 @@ def test_every_aggregator_and_attack_run_in_the_server_step_and_keep_z_on_the_si
     new, _ = _one_step(task, cfg, _advanced_state(task, cfg))
     z = np.asarray(new.server.consensus)
     assert np.all(z >= -1e-6) and np.allclose(z.sum(-1), 1.0, atol=1e-5)
+
+
+def test_attack_strength_sets_the_attacks_parameter(task):
+    clean = config(aggregator="mean")
+    state = _advanced_state(task, clean)
+    z, p = state.server.consensus, state.workers.selection.fragment_probs
+    attacked, _ = _one_step(task, clean._replace(attack="sign_flip", num_malicious=1, attack_strength=4.0), state)
+    np.testing.assert_allclose(attacked.server.received[-1], z - 4.0 * (p[-1] - z), atol=1e-6)
 
 
 def test_feedback_attack_changes_only_malicious_workers(task):

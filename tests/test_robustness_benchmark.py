@@ -25,8 +25,6 @@ def test_tiny_grid_prints_the_named_json_fields(tmp_path):
         for cells in attack.values():
             assert set(cells) == {"0.0", "0.1", "0.2", "0.3"}
             assert all(0.0 <= v <= 1.0 for v in cells.values())
-    # B = 0 is the same attack-free run whatever the attack
-    assert out["results"]["sign_flip"]["mean"]["0.0"] == out["results"]["poisoned_demos"]["mean"]["0.0"]
     assert out["inputs"]["malicious_counts"] == [0, 1, 2, 3]
     assert {"within_2_points_at_0.3", "worst_drop_at_0.3", "mean_breaks"} <= set(out["targets"])
 
