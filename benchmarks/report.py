@@ -2,8 +2,9 @@
 
     python benchmarks/report.py docs/core_kernels_cpu.json docs/core_kernels_gpu.json
     python benchmarks/report.py docs/robustness_quick.json
+    python benchmarks/report.py docs/aggregators_cpu.json
 
-The table is chosen by the file's ``benchmark`` field (core_kernels or robustness).
+The table is chosen by the file's ``benchmark`` field (core_kernels, robustness or aggregators).
 """
 
 from __future__ import annotations
@@ -75,7 +76,25 @@ def robustness_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-TABLES = {"core_kernels": core_kernels_table, "robustness": robustness_table}
+def aggregators_table(result: dict) -> str:
+    """Seconds per call and both ratios for every rule and size."""
+    m = result.get("machine", result)
+    lines = [
+        f"**{m['device']}**, jax {m['jax_version']}, {m.get('cpu_count')} host cores.",
+        "",
+        "| rule | size | JAX s | NumPy s | memory pass s | ratio_vs_numpy | ratio_vs_memory_pass |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for rule, sizes in result["results"].items():
+        for size, r in sizes.items():
+            lines.append(
+                f"| {rule} | {size} | {r['jax_s']:.3g} | {r['numpy_s']:.3g} | {r['memory_pass_s']:.3g} "
+                f"| {r['ratio_vs_numpy']:.2f} | {r['ratio_vs_memory_pass']:.3g} |"
+            )
+    return "\n".join(lines)
+
+
+TABLES = {"core_kernels": core_kernels_table, "robustness": robustness_table, "aggregators": aggregators_table}
 
 
 def main(paths: list[str]) -> None:
