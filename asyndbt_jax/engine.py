@@ -13,7 +13,8 @@ One iteration (``server_step``):
    counted, and never enters ``z``.
 2. Server (spec §6 [inferred from ADBO]): ``z ← proj_Δ(z − η_z(Σ_l λ_l b_l + Σ_v(−ρ_v + μ(z − p_v)
    + ψ sign(z − p_v))))`` over every worker's latest copy (the default ``sign_consensus``
-   aggregator; any other rule moves ``z`` by the aggregate of ``p_v − z``);
+   aggregator; any other rule replaces each sum over workers by ``R ×`` the rule:
+   :func:`consensus_step`, and :func:`worker_sum` for the cut gap and values);
    ``λ ← max(0, λ + η_λ(values − c₁λ))``;
    drop cuts whose dual stayed below ``γ``.
 3. Every ``δ`` iterations: refresh the polyhedron: ``K`` primal-dual rounds with all
