@@ -327,12 +327,6 @@ def consensus_step(config: AsynDBTConfig):
     return step
 
 
-def _aggregate(config: AsynDBTConfig, received, consensus, cut_force_z, server_duals):
-    """The upper-level ``z`` step with the configured aggregator (spec §6)."""
-    everyone = jnp.ones((config.num_workers,), bool)  # every worker's latest copy counts
-    return consensus_step(config)(consensus, received, server_duals, everyone, _primal_dual_hp(config), cut_force_z)
-
-
 def _clip_per_worker(grads: SelectionVariables, max_norm: float) -> SelectionVariables:
     """BDPL's clip of one worker's black-box estimate (both levels jointly) to ``max_norm``."""
     clip = optax.clip_by_global_norm(max_norm)
@@ -375,7 +369,7 @@ def _masked_gradient(config: AsynDBTConfig, selection, sampled, losses) -> Selec
     )
 
 
-def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, replied, queries, key, malicious=None):
+def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, replied, queries, key, malicious):
     """Every replied worker computes its next upper-level update (spec §6, worker side).
 
     Samples ``I`` configurations, scores them on ``queries`` (validation batch), estimates
@@ -386,8 +380,6 @@ def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, r
     Returns:
       ``(new_workers, mean_loss [R])``.
     """
-    if malicious is None:
-        malicious = jnp.asarray(malicious_mask(config))
     k_poison = jax.random.fold_in(key, 1)  # a separate stream: attack-free runs are unchanged
     sampled = _scored_config(config, workers.selection, key)
     losses = _scored_losses(config, feedback_fn, sampled, queries, k_poison, malicious)  # [R, I]
@@ -478,7 +470,8 @@ def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineSta
         cuts = server.cuts
     elif config.use_fragment:
         _, cut_force_z = cutlib.cut_force(server.cuts)
-        z = _aggregate(config, received, z, cut_force_z, server.duals)
+        everyone = jnp.ones((R,), bool)  # every worker's latest copy counts
+        z = consensus_step(config)(z, received, server.duals, everyone, _primal_dual_hp(config), cut_force_z)
         before = server.cuts.duals
         cuts = cutlib.dual_ascent(server.cuts, received, z, config.lr_dual, config.dual_reg, combine=worker_sum(config))
         cuts = cutlib.drop_cuts(cuts, before, config.gamma)
