@@ -2,6 +2,7 @@
 
     python benchmarks/robustness.py [--quick] [--json] [--out FILE] [--workers R]
         [--iterations T] [--seeds K] [--attacks a,b] [--aggregators x,y] [--strength X] [--heatmap PNG]
+        [--jobs N]
 
 AsynDBT on the planted task (paper shapes M = 75, N = 100, U = 2, V = 50; Dirichlet α = 1
 non-IID workers; word utilities of scale 1.0 rather than the default 0.3, so the shared
@@ -15,6 +16,9 @@ malicious workers are the last B; Krum's assumed bound is f = 0.3·R in every ru
 reported accuracy is the benign workers' final test accuracy, averaged over seeds.
 ``--strength`` sets every message attack's parameter (``attacks.ATTACK_STRENGTH``: the
 sign-flip scale, noise std, scaling factor, ALIE z, IPM ε) instead of its default.
+``--jobs N`` runs the aggregator rows in N child processes of this script (each compiles
+its own cells; on a GPU machine they share the card, each allocating on demand); the
+merged JSON is the same as one process would print.
 
 JSON: ``results[attack][aggregator][fraction] = accuracy`` (fractions as strings, "0.3";
 accuracies in [0, 1]), ``spread[...]`` the seed standard deviation alike, and ``targets``:
@@ -26,7 +30,10 @@ from __future__ import annotations
 
 import functools
 import json
+import os
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -56,6 +63,7 @@ def _extra(parser):
                         help="planted word-utility scale (default 1.0: the shared fragment can move accuracy; 0.3 is the task default)")
     parser.add_argument("--strength", type=float, help="attack_strength of the message attacks that have one (default: each attack's own)")
     parser.add_argument("--heatmap", help="write a heat map of the 30%% drops to this PNG")
+    parser.add_argument("--jobs", type=int, default=1, help="aggregator rows run in this many child processes (default 1)")
 
 
 def _subset(text, universe, what):
@@ -104,28 +112,16 @@ def fragment_lever(task) -> dict:
     return out
 
 
-def main() -> None:
-    args = _common.parse_args(__doc__.splitlines()[0], _extra)
-    R = args.workers or (20 if args.quick else 100)
-    iterations = args.iterations or (300 if args.quick else 600)
-    attacks = _subset(args.attacks, [a for a in ATTACKS if a != "none"], "attacks")
-    aggregators = _subset(args.aggregators, AGGREGATORS, "aggregators")
-    if args.seeds < 1:
-        raise SystemExit("--seeds must be >= 1")
-    counts = [round(f * R) for f in FRACTIONS]
-    bound = counts[-1]
-    task = make_planted_task(jax.random.key(0), num_workers=R, word_scale=args.word_scale)
-    lever = fragment_lever(task)
+def _run_rows(args, aggregators, attacks, task, R, iterations, seeds, counts, bound):
+    """Every (attack, aggregator) cell in this process: all fractions and seeds of a cell as one batch."""
     feedback = functools.partial(oracle_feedback, task.oracle)
     data = Data(task.train, task.validation)
     M, N, _ = task.oracle.word_utility.shape
     U, V, _ = task.oracle.demo_utility.shape
     delay = parse_delay("lognormal:1.0")
-    seeds = list(range(args.seeds))
     malicious = np.zeros((len(FRACTIONS) * len(seeds), R), bool)
     for i, B in enumerate(np.repeat(counts, len(seeds))):
         malicious[i, R - B :] = True
-
     results: dict = {}
     spread: dict = {}
     timings: dict = {}
@@ -153,6 +149,63 @@ def main() -> None:
             if args.out:  # nothing lost if a long run is stopped: the cells so far, marked incomplete
                 Path(args.out).write_text(json.dumps({"benchmark": "robustness", "complete": False, "results": results}, indent=2))
 
+    return results, spread, timings
+
+
+def _run_children(args, aggregators, attacks):
+    """The aggregator rows split over ``args.jobs`` child processes of this script; their JSON merged."""
+    groups = [aggregators[i :: args.jobs] for i in range(args.jobs) if aggregators[i :: args.jobs]]
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+    passthrough = ["--seeds", str(args.seeds), "--word-scale", str(args.word_scale), "--attacks", ",".join(attacks)]
+    for flag, value in (("--workers", args.workers), ("--iterations", args.iterations), ("--strength", args.strength)):
+        if value is not None:
+            passthrough += [flag, str(value)]
+    if args.quick:
+        passthrough.append("--quick")
+    with tempfile.TemporaryDirectory() as tmp:
+        # beside --out when given, so a stopped run keeps every child's finished cells
+        outs = [Path(f"{args.out}.part{i}" if args.out else Path(tmp) / f"part{i}.json") for i in range(len(groups))]
+        procs = [subprocess.Popen([sys.executable, __file__, *passthrough, "--aggregators", ",".join(group),
+                                   "--out", str(out), *(["--json"] if args.json else [])],
+                                  env=env, stdout=subprocess.DEVNULL)
+                 for group, out in zip(groups, outs)]
+        codes = [p.wait() for p in procs]
+        if any(codes):
+            raise SystemExit(f"a child run failed (exit codes {codes}); its rows are missing")
+        parts = [json.loads(out.read_text()) for out in outs]
+        for out in outs:
+            out.unlink()
+    results = {a: {g: part["results"][a][g] for part in parts for g in part["results"][a]} for a in attacks}
+    spread = {a: {g: part["spread"][a][g] for part in parts for g in part["spread"][a]} for a in attacks}
+    timings = {k: v for part in parts for k, v in part["seconds"].items()}
+    # rows in the requested order
+    results = {a: {g: results[a][g] for g in aggregators} for a in attacks}
+    spread = {a: {g: spread[a][g] for g in aggregators} for a in attacks}
+    return results, spread, timings
+
+
+def main() -> None:
+    args = _common.parse_args(__doc__.splitlines()[0], _extra)
+    R = args.workers or (20 if args.quick else 100)
+    iterations = args.iterations or (300 if args.quick else 600)
+    attacks = _subset(args.attacks, [a for a in ATTACKS if a != "none"], "attacks")
+    aggregators = _subset(args.aggregators, AGGREGATORS, "aggregators")
+    if args.seeds < 1:
+        raise SystemExit("--seeds must be >= 1")
+    if args.jobs < 1:
+        raise SystemExit("--jobs must be >= 1")
+    if args.jobs > 1:  # before JAX starts: the parent must not hold the card its children share
+        os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    counts = [round(f * R) for f in FRACTIONS]
+    bound = counts[-1]
+    task = make_planted_task(jax.random.key(0), num_workers=R, word_scale=args.word_scale)
+    lever = fragment_lever(task)
+    seeds = list(range(args.seeds))
+
+    if args.jobs > 1 and len(aggregators) > 1:
+        results, spread, timings = _run_children(args, aggregators, attacks)
+    else:
+        results, spread, timings = _run_rows(args, aggregators, attacks, task, R, iterations, seeds, counts, bound)
     worst = {g: max(results[a][g]["0.0"] - results[a][g]["0.3"] for a in attacks) for g in aggregators}
     targets = {
         "within_2_points_at_0.3": {g: bool(worst[g] <= 0.02) for g in aggregators},
@@ -164,8 +217,6 @@ def main() -> None:
         targets["mean_breaks"] = bool(worst["mean"] >= 0.10)
     if "sign_consensus" in aggregators:
         targets["sign_consensus_within_2_points"] = bool(worst["sign_consensus"] <= 0.02)
-    if args.heatmap:
-        heatmap(args.heatmap, results, attacks, aggregators)
     _common.emit(
         {
             "benchmark": "robustness",
@@ -183,6 +234,8 @@ def main() -> None:
         },
         args,
     )
+    if args.heatmap:  # after the JSON is out: a missing matplotlib loses nothing
+        heatmap(args.heatmap, results, attacks, aggregators)
 
 
 if __name__ == "__main__":
