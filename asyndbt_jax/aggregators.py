@@ -101,22 +101,74 @@ def mean(updates: PyTree, mask=None, weights=None) -> PyTree:
     )
 
 
-def _sorted_participants(x: jax.Array, mask: jax.Array) -> jax.Array:
-    """``x`` sorted along the worker axis with masked-out workers moved to the end (as +inf)."""
-    return jnp.sort(jnp.where(per_worker(mask, x), x, jnp.inf), axis=0)
+def _order_keys(x: jax.Array, mask: jax.Array) -> jax.Array:
+    """Unsigned integer keys ``[R, D]`` that sort exactly as the float values of ``x`` (IEEE
+    order: negatives have every bit flipped, non-negatives only the sign bit), with
+    masked-out workers at the largest key so they rank after every participant."""
+    utype = jnp.uint64 if x.dtype == jnp.float64 else jnp.uint32
+    nbits = 64 if utype == jnp.uint64 else 32
+    u = jax.lax.bitcast_convert_type(x, utype)
+    sign = jnp.asarray(1, utype) << (nbits - 1)
+    keys = jnp.where((u & sign) != 0, ~u, u | sign)
+    return jnp.where(per_worker(mask, keys), keys, jnp.asarray(jnp.iinfo(utype).max, utype))
+
+
+def _from_keys(keys: jax.Array, dtype) -> jax.Array:
+    nbits = jnp.iinfo(keys.dtype).bits
+    sign = jnp.asarray(1, keys.dtype) << (nbits - 1)
+    return jax.lax.bitcast_convert_type(jnp.where((keys & sign) != 0, keys & ~sign, ~keys), dtype)
+
+
+def _select_keys(keys: jax.Array, ranks: jax.Array) -> jax.Array:
+    """``out[k, d]``: the ``ranks[k]``-th smallest (0-based) key of column ``d`` of ``keys [R, D]``.
+
+    Exact, ties included: the answer is built bit by bit from the top, one counting pass
+    over ``keys`` per bit (32 for float32), instead of sorting every column."""
+    nbits = jnp.iinfo(keys.dtype).bits
+    one = jnp.asarray(1, keys.dtype)
+
+    def body(i, prefix):
+        bit = one << (nbits - 1 - i).astype(keys.dtype)
+        below = jnp.sum(keys[None] <= (prefix | (bit - one))[:, None, :], axis=1, dtype=jnp.int32)
+        return jnp.where(below <= ranks[:, None], prefix | bit, prefix)
+
+    return jax.lax.fori_loop(0, nbits, body, jnp.zeros((ranks.shape[0], keys.shape[1]), keys.dtype))
+
+
+def _select_keys_blocked(keys: jax.Array, ranks: jax.Array) -> jax.Array:
+    """:func:`_select_keys` over column blocks of about 2 MiB, so that on a CPU the 32 passes
+    hit the cache (7-8x faster than one pass over the whole array at R = 1,000)."""
+    R, D = keys.shape
+    block = max(8, min(D, (2 << 20) // (keys.dtype.itemsize * R)))
+    nb = -(-D // block)
+    padded = jnp.pad(keys, ((0, 0), (0, nb * block - D)))
+    blocks = padded.reshape(R, nb, block).transpose(1, 0, 2)
+    out = jax.lax.map(lambda kb: _select_keys(kb, ranks), blocks)  # [nb, K, block]
+    return out.transpose(1, 0, 2).reshape(ranks.shape[0], nb * block)[:, :D]
+
+
+def _order_statistics(x: jax.Array, mask: jax.Array, ranks: jax.Array) -> jax.Array:
+    """``[K, ...]``: the ``ranks[k]``-th smallest participating value of ``x [R, ...]`` along
+    the worker axis (exact; half-precision inputs are compared in float32)."""
+    R = x.shape[0]
+    work = x if x.dtype in (jnp.float32, jnp.float64) else x.astype(jnp.float32)
+    keys = _order_keys(work.reshape(R, -1), mask)
+    ranks = jnp.asarray(ranks, jnp.int32)
+    picked = jax.lax.platform_dependent(keys, ranks, cpu=_select_keys_blocked, default=_select_keys)
+    return _from_keys(picked, work.dtype).reshape((ranks.shape[0],) + x.shape[1:])
 
 
 def coordinate_median(updates: PyTree, mask=None) -> PyTree:
     """Coordinate-wise median over participating workers (mean of the two middle values
-    when their count is even)."""
+    when their count is even). Exact; a selection by bisection on the values' bits, not a
+    sort."""
     R = worker_count(updates)
     mask = _mask(mask, R)
     n = jnp.sum(mask)
-    lo, hi = (n - 1) // 2, n // 2
 
     def leaf(x):
-        s = _sorted_participants(x, mask)
-        return 0.5 * (jnp.take(s, lo, axis=0) + jnp.take(s, hi, axis=0))
+        v = _order_statistics(x, mask, jnp.stack([(n - 1) // 2, n // 2]))
+        return jnp.where(v[0] == v[1], v[0], 0.5 * v[0] + 0.5 * v[1]).astype(x.dtype)  # no overflow near the float max
 
     return jax.tree.map(leaf, updates)
 
@@ -124,6 +176,10 @@ def coordinate_median(updates: PyTree, mask=None) -> PyTree:
 def trimmed_mean(updates: PyTree, mask=None, trim_fraction: float = 0.1) -> PyTree:
     """Coordinate-wise mean after dropping the ``⌊trim_fraction · n⌋`` largest and smallest
     values of the ``n`` participating workers.
+
+    The two cut points are exact order statistics (as in :func:`coordinate_median`); one
+    more pass sums the values between them, and ties at a cut point count as often as
+    they are kept.
 
     Raises:
       ValueError: ``trim_fraction`` outside ``[0, 0.5)``.
@@ -134,13 +190,17 @@ def trimmed_mean(updates: PyTree, mask=None, trim_fraction: float = 0.1) -> PyTr
     mask = _mask(mask, R)
     n = jnp.sum(mask)
     k = jnp.floor(trim_fraction * n).astype(jnp.int32)
-    rank = jnp.arange(R)
-    keep = (rank >= k) & (rank < n - k)
 
     def leaf(x):
-        s = _sorted_participants(x, mask)
-        kept = jnp.where(per_worker(keep, s), s, 0.0)
-        return jnp.sum(kept, axis=0) / jnp.maximum(n - 2 * k, 1).astype(x.dtype)
+        work = x if x.dtype in (jnp.float32, jnp.float64) else x.astype(jnp.float32)
+        lo, hi = _order_statistics(work, mask, jnp.stack([k, n - k - 1]))
+        m = per_worker(mask, work)
+        inside = jnp.sum(jnp.where(m & (work > lo) & (work < hi), work, 0.0), axis=0)
+        at_or_below_lo = jnp.sum(m & (work <= lo), axis=0)  # ranks 0 .. at_or_below_lo - 1 hold lo or less
+        below_hi = jnp.sum(m & (work < hi), axis=0)  # ranks below_hi .. n - 1 hold hi or more
+        total = inside + lo * (at_or_below_lo - k) + hi * (n - k - below_hi)
+        total = jnp.where(lo == hi, lo * (n - 2 * k), total)
+        return (total / jnp.maximum(n - 2 * k, 1).astype(work.dtype)).astype(x.dtype)
 
     return jax.tree.map(leaf, updates)
 

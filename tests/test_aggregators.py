@@ -67,6 +67,40 @@ def test_coordinatewise_rules_match_numpy_on_participants(mask):
         close(agg.trimmed_mean(t, mask, trim_fraction=frac), jax.tree.map(lambda x: np_trimmed(x, frac), sub))
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 40), st.integers(1, 9), st.integers(0, 2**31 - 1), st.sampled_from([0.0, 0.1, 0.25, 0.45]))
+def test_selection_rules_are_exact_with_ties_signed_zeros_and_infinities(n, D, seed, frac):
+    """The median and trimmed mean select by bisection on the values' bits: exact against
+    np.median / a sort, also with heavy ties, -0.0 / 0.0, huge values and ±inf."""
+    rng = np.random.default_rng(seed)
+    pool = np.array([-np.inf, -3e38, -2.5, -1.0, -0.0, 0.0, 1.0, 2.5, 3e38, np.inf], np.float32)
+    x = np.where(rng.random((n, D)) < 0.5, rng.choice(pool, (n, D)), rng.normal(size=(n, D))).astype(np.float32)
+    mask = rng.random(n) < 0.8
+    mask[0] = True
+    sub = x[mask]
+    with np.errstate(invalid="ignore", over="ignore"):
+        s = np.sort(sub, 0)
+        lo, hi = s[(sub.shape[0] - 1) // 2], s[sub.shape[0] // 2]
+        np.testing.assert_array_equal(np.asarray(agg.coordinate_median(x, mask)), np.where(lo == hi, lo, 0.5 * lo + 0.5 * hi))
+        k = int(np.floor(frac * sub.shape[0]))
+        kept = np.sort(sub, 0)[k : sub.shape[0] - k]
+        if np.all(np.isfinite(kept)) and np.abs(kept).max(initial=0) < 1e30:
+            np.testing.assert_allclose(np.asarray(agg.trimmed_mean(x, mask, trim_fraction=frac)), kept.mean(0), rtol=1e-5, atol=1e-5)
+
+
+def test_selection_blocked_and_flat_paths_agree_and_keep_dtypes():
+    rng = np.random.default_rng(0)
+    keys = jnp.asarray(rng.integers(0, 50, (37, 1000)), jnp.uint32)  # heavy ties, several column blocks
+    ranks = jnp.array([0, 18, 36])
+    want = np.sort(np.asarray(keys), 0)[np.asarray(ranks)]
+    np.testing.assert_array_equal(np.asarray(agg._select_keys(keys, ranks)), want)
+    np.testing.assert_array_equal(np.asarray(agg._select_keys_blocked(keys, ranks)), want)
+    x = rng.normal(size=(7, 3)).astype(np.float32)
+    got = agg.coordinate_median(jnp.asarray(x, jnp.bfloat16))
+    assert got.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(got, np.float32), np.median(np.asarray(jnp.asarray(x, jnp.bfloat16), np.float32), 0), rtol=1e-2)
+
+
 def test_weighted_mean_and_zero_weight_equals_masking():
     t = tree()
     w = np.arange(1, R + 1, dtype=np.float32)
