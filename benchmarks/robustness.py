@@ -18,7 +18,8 @@ reported accuracy is the benign workers' final test accuracy, averaged over seed
 sign-flip scale, noise std, scaling factor, ALIE z, IPM ε) instead of its default.
 ``--jobs N`` runs the aggregator rows in N child processes of this script (each compiles
 its own cells; on a GPU machine they share the card, each allocating on demand); the
-merged JSON is the same as one process would print.
+merged JSON is the same as one process would print. ``--resume`` continues a stopped run:
+the cells already written to ``--out`` (or, with ``--jobs``, to its ``.partN`` files) are kept.
 
 JSON: ``results[attack][aggregator][fraction] = accuracy`` (fractions as strings, "0.3";
 accuracies in [0, 1]), ``spread[...]`` the seed standard deviation alike, and ``targets``:
@@ -64,6 +65,8 @@ def _extra(parser):
     parser.add_argument("--strength", type=float, help="attack_strength of the message attacks that have one (default: each attack's own)")
     parser.add_argument("--heatmap", help="write a heat map of the 30%% drops to this PNG")
     parser.add_argument("--jobs", type=int, default=1, help="aggregator rows run in this many child processes (default 1)")
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the cells already in --out (and its .partN files with --jobs) and run only the rest")
 
 
 def _subset(text, universe, what):
@@ -122,13 +125,21 @@ def _run_rows(args, aggregators, attacks, task, R, iterations, seeds, counts, bo
     malicious = np.zeros((len(FRACTIONS) * len(seeds), R), bool)
     for i, B in enumerate(np.repeat(counts, len(seeds))):
         malicious[i, R - B :] = True
-    results: dict = {}
-    spread: dict = {}
+    results: dict = {attack: {} for attack in attacks}
+    spread: dict = {attack: {} for attack in attacks}
     timings: dict = {}
-    for attack in attacks:
-        results[attack], spread[attack] = {}, {}
+    if args.resume and args.out and Path(args.out).exists():
+        done = json.loads(Path(args.out).read_text())
+        for attack in attacks:
+            for aggregator in aggregators:
+                if aggregator in done.get("results", {}).get(attack, {}):
+                    results[attack][aggregator] = done["results"][attack][aggregator]
+                    spread[attack][aggregator] = done.get("spread", {}).get(attack, {}).get(aggregator)
+                    timings[f"{attack}/{aggregator}"] = done.get("seconds", {}).get(f"{attack}/{aggregator}")
     for aggregator in aggregators:  # one aggregator's full row at a time: a stopped run leaves complete rows
         for attack in attacks:
+            if aggregator in results[attack]:
+                continue
             config = method_config(
                 "asyndbt", num_workers=R, num_active=R // 2, max_staleness=8, num_fragment_words=M, vocab_size=N,
                 num_classes=U, num_candidates=V, num_samples=10, lr_fragment=0.01, lr_demos=0.05,
@@ -147,7 +158,8 @@ def _run_rows(args, aggregators, attacks, task, R, iterations, seeds, counts, bo
             _common.log(args, f"{attack:18s} {aggregator:18s} " + " ".join(f"{a:.3f}" for a in acc.mean(1))
                         + f"  ({timings[f'{attack}/{aggregator}']:.0f}s)")
             if args.out:  # nothing lost if a long run is stopped: the cells so far, marked incomplete
-                Path(args.out).write_text(json.dumps({"benchmark": "robustness", "complete": False, "results": results}, indent=2))
+                Path(args.out).write_text(json.dumps({"benchmark": "robustness", "complete": False, "results": results,
+                                                      "spread": spread, "seconds": timings}, indent=2))
 
     return results, spread, timings
 
@@ -162,6 +174,8 @@ def _run_children(args, aggregators, attacks):
             passthrough += [flag, str(value)]
     if args.quick:
         passthrough.append("--quick")
+    if args.resume:
+        passthrough.append("--resume")
     with tempfile.TemporaryDirectory() as tmp:
         # beside --out when given, so a stopped run keeps every child's finished cells
         outs = [Path(f"{args.out}.part{i}" if args.out else Path(tmp) / f"part{i}.json") for i in range(len(groups))]
