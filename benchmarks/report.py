@@ -5,6 +5,8 @@
     python benchmarks/report.py docs/aggregators_cpu.json
 
 The table is chosen by the file's ``benchmark`` field (core_kernels, robustness or aggregators).
+Robustness files marked ``"complete": false`` (the ``.partN`` files of a stopped ``--jobs``
+run) are merged into one table, with a dash for cells not yet run.
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ def core_kernels_table(result: dict) -> str:
 def robustness_table(result: dict) -> str:
     """Accuracy at B = 0 and at 30 % malicious for every attack × aggregator, drop in points."""
     attacks = [a for a in result["results"] if result["results"][a]]
-    aggregators = list(next(iter(result["results"][a] for a in attacks)))
+    aggregators = list(dict.fromkeys(g for a in attacks for g in result["results"][a]))
     lines = [
         "Benign workers' test accuracy (%) with 30 % malicious workers, and in brackets the points lost "
         "against the same rule without attackers (B = 0 row).",
@@ -65,7 +67,7 @@ def robustness_table(result: dict) -> str:
         "| attack | " + " | ".join(aggregators) + " |",
         "|---|" + "---|" * len(aggregators),
     ]
-    first = result["results"][attacks[0]]
+    first = {g: next(result["results"][a][g] for a in attacks if g in result["results"][a]) for g in aggregators}
     lines.append("| B = 0 | " + " | ".join(f"{100 * first[g]['0.0']:.1f}" for g in aggregators) + " |")
     for a in attacks:
         cells = []
@@ -97,10 +99,26 @@ def aggregators_table(result: dict) -> str:
 TABLES = {"core_kernels": core_kernels_table, "robustness": robustness_table, "aggregators": aggregators_table}
 
 
+def merge_parts(parts: list[dict]) -> dict:
+    """One robustness result from the ``.partN`` files of a stopped ``--jobs`` run (cells not
+    yet run are left out and show as a dash)."""
+    merged: dict = {"benchmark": "robustness", "complete": False, "results": {}}
+    for part in parts:
+        for attack, row in part["results"].items():
+            merged["results"].setdefault(attack, {}).update(row)
+    return merged
+
+
 def main(paths: list[str]) -> None:
+    loaded = []
     for path in paths:
         with open(path) as fh:
-            result = json.load(fh)
+            loaded.append((path, json.load(fh)))
+    parts = [(p, r) for p, r in loaded if r.get("benchmark") == "robustness" and r.get("complete") is False]
+    if parts:  # the parts of one stopped run: one table
+        loaded = [(p, r) for p, r in loaded if (p, r) not in parts]
+        loaded.append((", ".join(p for p, _ in parts), merge_parts([r for _, r in parts])))
+    for path, result in loaded:
         print(f"From `{path}`:\n")
         print(TABLES.get(result.get("benchmark"), core_kernels_table)(result))
         print()
