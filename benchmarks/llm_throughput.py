@@ -72,7 +72,6 @@ def main() -> None:
 
     from asyndbt_jax.llm import MODES, LocalScorer, load_causal_lm
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     loaded = load_causal_lm(args.model)
     scorer = LocalScorer(loaded)
     _common.log(args, f"loaded {loaded.name} from {loaded.source} in {loaded.load_seconds:.1f} s")

@@ -114,9 +114,12 @@ def main(paths: list[str]) -> None:
     for path in paths:
         with open(path) as fh:
             loaded.append((path, json.load(fh)))
-    parts = [(p, r) for p, r in loaded if r.get("benchmark") == "robustness" and r.get("complete") is False]
+    def is_part(result):
+        return result.get("benchmark") == "robustness" and result.get("complete") is False
+
+    parts = [(p, r) for p, r in loaded if is_part(r)]
     if parts:  # the parts of one stopped run: one table
-        loaded = [(p, r) for p, r in loaded if (p, r) not in parts]
+        loaded = [(p, r) for p, r in loaded if not is_part(r)]
         loaded.append((", ".join(p for p, _ in parts), merge_parts([r for _, r in parts])))
     for path, result in loaded:
         print(f"From `{path}`:\n")

@@ -189,12 +189,10 @@ def _run_children(args, aggregators, attacks):
         parts = [json.loads(out.read_text()) for out in outs]
         for out in outs:
             out.unlink()
-    results = {a: {g: part["results"][a][g] for part in parts for g in part["results"][a]} for a in attacks}
-    spread = {a: {g: part["spread"][a][g] for part in parts for g in part["spread"][a]} for a in attacks}
+    owner = {g: part for group, part in zip(groups, parts) for g in group}  # rows in the requested order
+    results = {a: {g: owner[g]["results"][a][g] for g in aggregators} for a in attacks}
+    spread = {a: {g: owner[g]["spread"][a][g] for g in aggregators} for a in attacks}
     timings = {k: v for part in parts for k, v in part["seconds"].items()}
-    # rows in the requested order
-    results = {a: {g: results[a][g] for g in aggregators} for a in attacks}
-    spread = {a: {g: spread[a][g] for g in aggregators} for a in attacks}
     return results, spread, timings
 
 

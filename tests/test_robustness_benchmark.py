@@ -14,14 +14,16 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "robustness.py"
 def test_tiny_grid_prints_the_named_json_fields(tmp_path):
     out_file = tmp_path / "rob.json"
     cmd = [sys.executable, str(SCRIPT), "--json", "--workers", "10", "--iterations", "12", "--seeds", "1",
-           "--attacks", "sign_flip,poisoned_demos", "--aggregators", "mean,trimmed_mean", "--out", str(out_file)]
+           "--attacks", "sign_flip,poisoned_demos", "--aggregators", "mean,trimmed_mean", "--out", str(out_file),
+           "--jobs", "2"]  # the rows run in two child processes, merged in the requested order
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
     assert out["complete"] is True and json.loads(out_file.read_text()) == out
+    assert not list(tmp_path.glob("rob.json.part*"))  # the children's files are merged and removed
     assert set(out["results"]) == {"sign_flip", "poisoned_demos"}
     for attack in out["results"].values():
-        assert set(attack) == {"mean", "trimmed_mean"}
+        assert list(attack) == ["mean", "trimmed_mean"]
         for cells in attack.values():
             assert set(cells) == {"0.0", "0.1", "0.2", "0.3"}
             assert all(0.0 <= v <= 1.0 for v in cells.values())

@@ -17,7 +17,7 @@ Three ways to compute the same numbers (``mode``):
 Every mode uses the same token ids: the prefix is tokenised with the tokenizer's special
 tokens (its BOS), the queries and label words without, and the ids are concatenated (the
 joined text is never re-tokenised). The output projection runs only at the scored
-positions (gemma's is 262k words wide: about 3x the cost of its 18 layers). The last
+positions (gemma's is 262k words wide: more multiply-adds per position than its 18 layers). The last
 prefix token is held back from the cache and starts every query row, so the first query
 token always has a prediction.
 """
@@ -151,17 +151,17 @@ class LocalScorer:
                     targets.append([(len(ids) - 1 + j, tok, q, u) for j, tok in enumerate(t)])
         return rows, targets
 
-    def _label_logprobs(self, hidden_at, targets, n_queries: int, n_labels: int) -> np.ndarray:
+    def _label_logprobs(self, hidden, offset: int, targets, n_queries: int, n_labels: int) -> np.ndarray:
         """Sum the label tokens' log-probs from the hidden states at the scored positions and
-        renormalise over the labels. ``hidden_at(rows, positions) -> [K, H]``."""
+        renormalise over the labels. ``hidden[r]``: row ``r``'s ``[length, H]`` states, where
+        the row's own tokens start at ``offset``."""
         import torch
 
         where = {}
         for r, tg in enumerate(targets):
             for pos, _, _, _ in tg:
                 where.setdefault((r, pos), len(where))
-        rows_idx, pos_idx = (torch.tensor(x) for x in zip(*where))
-        logits = self.model.lm_head(hidden_at(rows_idx, pos_idx))
+        logits = self.model.lm_head(torch.stack([hidden[r][offset + pos] for r, pos in where]))
         cap = getattr(self.model.config.get_text_config(), "final_logit_softcapping", None)
         if cap:
             logits = torch.tanh(logits / cap) * cap
@@ -185,8 +185,7 @@ class LocalScorer:
             for row in rows:
                 self.forward_calls += 1
                 hidden.append(self._decoder()(input_ids=torch.tensor([enc.prefix + row]), use_cache=False).last_hidden_state[0])
-            return self._label_logprobs(lambda r, p: torch.stack([hidden[i][P + j] for i, j in zip(r.tolist(), p.tolist())]),
-                                        targets, len(enc.queries), len(enc.labels))
+            return self._label_logprobs(hidden, P, targets, len(enc.queries), len(enc.labels))
 
     def _padded(self, enc: _Encoded) -> np.ndarray:
         import torch
@@ -202,8 +201,7 @@ class LocalScorer:
                 self.forward_calls += 1
                 h = self._decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
                 hidden.extend(h)
-            return self._label_logprobs(lambda r, p: torch.stack([hidden[i][P + j] for i, j in zip(r.tolist(), p.tolist())]),
-                                        targets, len(enc.queries), len(enc.labels))
+            return self._label_logprobs(hidden, P, targets, len(enc.queries), len(enc.labels))
 
     def _shared_prefix(self, enc: _Encoded) -> np.ndarray:
         import torch
@@ -236,8 +234,7 @@ class LocalScorer:
                                     past_key_values=batch_cache, use_cache=True).last_hidden_state
                 hidden.extend(h)
             # row offsets are relative to the query tokens; the held-back prefix token is at 0
-            return self._label_logprobs(lambda r, p: torch.stack([hidden[i][j + 1] for i, j in zip(r.tolist(), p.tolist())]),
-                                        targets, len(enc.queries), len(enc.labels))
+            return self._label_logprobs(hidden, 1, targets, len(enc.queries), len(enc.labels))
 
     def _pad_id(self) -> int:
         tok = self.tokenizer
