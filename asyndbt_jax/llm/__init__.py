@@ -1,8 +1,14 @@
-"""The LLM feedback layer: local models, label scoring with shared-prefix reuse, and the
-response cache. Needs the ``llm`` extra (``pip install "asyndbt_jax[llm]"``)."""
+"""The LLM feedback layer: prompt rendering, local models and OpenAI-compatible servers,
+label scoring with shared-prefix reuse, the response cache, and the adapter that turns
+sampled configurations into loss tensors. Needs the ``llm`` extra
+(``pip install "asyndbt_jax[llm]"``)."""
 
+from .adapter import LLMFeedback, PromptTask
 from .cache import ResponseCache
 from .local import MODES, LocalScorer
 from .models import GEMMA, SMOLLM2, LoadedModel, cache_root, load_causal_lm
+from .openai_backend import BudgetExceeded, OpenAIScorer
+from .prompts import PAPER_TEMPLATES, Template
 
-__all__ = ["GEMMA", "MODES", "SMOLLM2", "LoadedModel", "LocalScorer", "ResponseCache", "cache_root", "load_causal_lm"]
+__all__ = ["GEMMA", "MODES", "PAPER_TEMPLATES", "SMOLLM2", "BudgetExceeded", "LLMFeedback", "LoadedModel",
+           "LocalScorer", "OpenAIScorer", "PromptTask", "ResponseCache", "Template", "cache_root", "load_causal_lm"]

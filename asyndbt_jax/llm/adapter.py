@@ -1,0 +1,152 @@
+"""The feedback adapter: sampled configurations → prompts → LLM label scores → loss tensors.
+
+:class:`LLMFeedback` implements the optimizer's feedback interface
+(:mod:`asyndbt_jax.feedback`) on any scorer with ``score(prefix, queries, labels, cache=)``
+(:class:`~asyndbt_jax.llm.local.LocalScorer`, :class:`~asyndbt_jax.llm.openai_backend.OpenAIScorer`).
+Called with concrete arrays it runs on the host; called inside ``jit`` (the engine's server
+step) it enters the host through :func:`jax.pure_callback`, so the same object serves both.
+
+The queries are example indices ``[R, B]`` into :attr:`PromptTask.examples` (each worker's
+private batch); the loss of a query is the cross-entropy of its true label under the
+label distribution the model gives (renormalised over the answer words), and it is
+correct when that distribution's argmax is the true label.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..feedback import Feedback
+from ..selection import Configuration
+from .prompts import Template
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class PromptTask:
+    """The text side of one task.
+
+    Attributes:
+      template: how examples become prompts.
+      examples: every example's text fields (``{"S1": ...}``); queries and demonstration
+        candidates index into it.
+      labels: int ``[n]``, the class of every example.
+      candidates: int ``[U, V]``, the demonstration candidates of each class (example
+        indices; row ``u`` must all have label ``u``).
+      vocabulary: the ``N`` fragment words.
+    """
+
+    template: Template
+    examples: Sequence[Mapping[str, str]]
+    labels: np.ndarray
+    candidates: np.ndarray
+    vocabulary: Sequence[str]
+    num_classes: int = field(init=False)
+
+    def __post_init__(self):
+        labels = np.asarray(self.labels)
+        candidates = np.asarray(self.candidates)
+        U = len(self.template.answers)
+        if labels.shape != (len(self.examples),):
+            raise ValueError(f"labels must have shape ({len(self.examples)},), got {labels.shape}")
+        if labels.size and (labels.min() < 0 or labels.max() >= U):
+            raise ValueError(f"labels must lie in 0..{U - 1} (the template has {U} answers)")
+        if candidates.ndim != 2 or candidates.shape[0] != U:
+            raise ValueError(f"candidates must have shape [U={U}, V], got {candidates.shape}")
+        if candidates.size and (candidates.min() < 0 or candidates.max() >= len(self.examples)):
+            raise ValueError("candidate indices must point into examples")
+        wrong = labels[candidates] != np.arange(U)[:, None]
+        if wrong.any():
+            u, v = map(int, np.argwhere(wrong)[0])
+            raise ValueError(f"candidate {v} of class {u} (example {candidates[u, v]}) has label {labels[candidates[u, v]]}")
+        if not len(self.vocabulary):
+            raise ValueError("the fragment vocabulary is empty")
+        missing = [s for s in self.template.slots if self.examples and s not in self.examples[0]]
+        if missing:
+            raise ValueError(f"examples lack the template's fields {missing}")
+        object.__setattr__(self, "labels", labels.astype(np.int64))
+        object.__setattr__(self, "candidates", candidates.astype(np.int64))
+        object.__setattr__(self, "num_classes", U)
+
+    def render(self, demos: Sequence[int], fragment_words: Sequence[int], queries: Sequence[int]) -> tuple[str, list[str]]:
+        """Prompt of one configuration: ``demos[u]`` indexes class ``u``'s candidates (``-1``: none),
+        ``fragment_words`` the vocabulary (``-1``: no word), ``queries`` the examples."""
+        shown = [(self.examples[self.candidates[u, k]], u) for u, k in enumerate(demos) if k >= 0]
+        fragment = [self.vocabulary[j] for j in fragment_words if j >= 0]
+        return self.template.render(shown, fragment, [self.examples[i] for i in queries])
+
+
+class LLMFeedback:
+    """Feedback from a black-box LLM (see the module doc).
+
+    Args:
+      task: the :class:`PromptTask`.
+      scorer: a local or OpenAI scorer.
+      cache: optional :class:`~asyndbt_jax.llm.cache.ResponseCache`: answered prompts are
+        never asked again, across runs.
+
+    Attributes:
+      configurations: configurations scored so far; ``prompts``: prompts scored (cache hits
+      included); ``seconds``: host time spent scoring.
+    """
+
+    def __init__(self, task: PromptTask, scorer, *, cache=None):
+        self.task = task
+        self.scorer = scorer
+        self.cache = cache
+        self.configurations = 0
+        self.prompts = 0
+        self.seconds = 0.0
+
+    def host(self, fragment_words, demos, queries) -> tuple[np.ndarray, np.ndarray]:
+        """NumPy in, NumPy out: ``fragment_words [R, I, M]``, ``demos [R, I, U]``, ``queries [R, B]``
+        → ``losses float32 [R, I, B]``, ``correct bool [R, I, B]``."""
+        fragment_words, demos, queries = (np.asarray(a) for a in (fragment_words, demos, queries))
+        R, I = demos.shape[:2]
+        if fragment_words.shape[:2] != (R, I) or queries.shape[0] != R or queries.ndim != 2:
+            raise ValueError(f"shapes disagree: fragment_words {fragment_words.shape}, demos {demos.shape}, queries {queries.shape}")
+        if queries.size and (queries.min() < 0 or queries.max() >= len(self.task.examples)):
+            raise ValueError("query indices must point into the task's examples")
+        start = time.perf_counter()
+        labels = self.task.labels[queries]  # [R, B]
+        logp = np.zeros((R, I, queries.shape[1], self.task.num_classes))
+        memo: dict[tuple, np.ndarray] = {}
+        for r in range(R):
+            for i in range(I):
+                key = (demos[r, i].tobytes(), fragment_words[r, i].tobytes(), queries[r].tobytes())
+                if key not in memo:
+                    prefix, texts = self.task.render(demos[r, i], fragment_words[r, i], queries[r])
+                    memo[key] = self.scorer.score(prefix, texts, self.task.template.label_words, cache=self.cache)
+                logp[r, i] = memo[key]
+        self.configurations += R * I
+        self.prompts += R * I * queries.shape[1]
+        self.seconds += time.perf_counter() - start
+        true = np.take_along_axis(logp, labels[:, None, :, None], axis=-1)[..., 0]
+        losses = (-true).astype(np.float32)
+        correct = logp.argmax(-1) == labels[:, None, :]
+        if log.isEnabledFor(logging.INFO):
+            log.info("%s", self.summary())
+        return losses, correct
+
+    def __call__(self, config: Configuration, queries) -> Feedback:
+        R, I = config.demos.shape[:2]
+        B = queries.shape[-1]
+        shapes = (jax.ShapeDtypeStruct((R, I, B), jnp.float32), jax.ShapeDtypeStruct((R, I, B), jnp.bool_))
+        losses, correct = jax.pure_callback(self.host, shapes, config.fragment_words, config.demos, queries,
+                                            vmap_method="sequential")
+        return Feedback(losses, correct)
+
+    def summary(self) -> str:
+        """One log line: configurations, prompts, host seconds, cache hits/misses."""
+        line = f"LLM feedback: {self.configurations} configurations, {self.prompts} prompts, {self.seconds:.1f} s"
+        if self.cache is not None:
+            line += f", cache {self.cache.hits} hits / {self.cache.misses} misses"
+        return line

@@ -1,0 +1,144 @@
+"""Prompt rendering (the paper's six templates and user templates) and the feedback
+adapter's bookkeeping, on a deterministic scorer (the real backends are tested in
+test_llm_local.py and test_llm_openai.py)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from asyndbt_jax.llm import PAPER_TEMPLATES, LLMFeedback, PromptTask, Template
+from asyndbt_jax.selection import Configuration
+
+FIELDS = {"S1": "the cat sat", "S2": "a cat was sitting", "WORD1": "PDCP", "WORD2": "RLC", "TEXT": "layer 2"}
+
+
+@pytest.mark.parametrize("name", sorted(PAPER_TEMPLATES))
+def test_paper_templates_render_as_the_paper_writes_them(name):
+    t = PAPER_TEMPLATES[name]
+    prefix, texts = t.render([(FIELDS, 0), (FIELDS, 1)], ["alpha", "beta"], [FIELDS, FIELDS])
+    full = prefix + texts[0]
+    blocks = full.split(t.separator)
+    assert len(blocks) == 3
+    for block, answer in zip(blocks, t.answers):
+        assert block.endswith(f'Note: alpha beta.\nAnswer: {answer}')
+    assert blocks[2].endswith("Note: alpha beta.\nAnswer:")
+    assert 'Respond ONLY with "' in blocks[2]
+    for slot in t.slots:
+        assert FIELDS[slot] in blocks[2]
+    assert texts[0] == texts[1]  # the same example twice: same query text
+    assert t.label_words == tuple(" " + a for a in t.answers)
+
+
+def test_sst2_text_exactly():
+    t = PAPER_TEMPLATES["sst2"]
+    prefix, (q,) = t.render([({"S1": "dull"}, 0)], ["w"], [{"S1": "a joy"}])
+    assert prefix + q == (
+        'How is the sentiment of the sentence "dull"? Respond ONLY with "Great" or "Terrible". Note: w.\n'
+        'Answer: Terrible\n\nHow is the sentiment of the sentence "a joy"? Respond ONLY with "Great" or '
+        '"Terrible". Note: w.\nAnswer:'
+    )
+    assert q.startswith('a joy"?')  # everything before the query's text is shared
+
+
+def test_empty_fragment_drops_the_note_and_header_fragment_is_shared():
+    t = PAPER_TEMPLATES["cola"]
+    prefix, (q,) = t.render([], [], [{"S1": "x"}])
+    assert "Note" not in prefix + q and (prefix + q).endswith('correct? Respond ONLY with "Yes" or "No".\nAnswer:')
+    u = Template("Review: {S1}", answers=("bad", "good"), header="Judge reviews. {note}")
+    prefix, (q,) = u.render([({"S1": "meh"}, 0)], ["tone", "", "care"], [{"S1": "wow"}])
+    assert prefix == "Judge reviews. Note: tone care.\n\nReview: meh\nAnswer: bad\n\nReview: "
+    assert q == "wow\nAnswer:"
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(block="no query here {note}", answers=("a", "b")), "no query slot"),
+    (dict(block="{S1}", answers=("a",)), "at least 2"),
+    (dict(block="{S1}", answers=("a", "a")), "must differ"),
+    (dict(block="{S1}", answers=("a", " ")), "must not be empty"),
+    (dict(block="{S1", answers=("a", "b")), "malformed"),
+    (dict(block="{S1}", answers=("a", "b"), header="{S1}"), "header may only"),
+])
+def test_bad_templates(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        Template(**kwargs)
+
+
+def test_missing_field_and_bad_demo_label():
+    t = PAPER_TEMPLATES["mrpc"]
+    with pytest.raises(ValueError, match="no field 'S2'"):
+        t.render([], [], [{"S1": "only one"}])
+    with pytest.raises(ValueError, match="outside 0..1"):
+        t.render([(FIELDS, 2)], [], [FIELDS])
+
+
+class HashScorer:
+    """Deterministic label log-probs from the prompt text (stands in for a model)."""
+
+    def __init__(self):
+        self.prompts = []
+
+    def score(self, prefix, queries, labels, cache=None):
+        out = []
+        for q in queries:
+            self.prompts.append(prefix + q)
+            rng = np.random.default_rng(abs(hash(prefix + q)) % 2**32)
+            raw = rng.normal(size=len(labels))
+            out.append(raw - np.logaddexp.reduce(raw))
+        return np.array(out)
+
+
+def _task():
+    examples = [{"S1": f"review {i}"} for i in range(6)]
+    return PromptTask(PAPER_TEMPLATES["sst2"], examples, np.array([0, 1, 0, 1, 0, 1]),
+                      candidates=np.array([[0, 2], [1, 3]]), vocabulary=["a", "b", "c"])
+
+
+def test_adapter_losses_are_cross_entropy_of_the_true_label():
+    task = _task()
+    scorer = HashScorer()
+    fb = LLMFeedback(task, scorer)
+    frag = np.array([[[0, 1], [2, -1]], [[0, 1], [0, 1]]])
+    demos = np.array([[[0, 1], [1, -1]], [[0, 1], [0, 1]]])
+    queries = np.array([[4, 5, 4], [5, 4, 5]])
+    losses, correct = fb.host(frag, demos, queries)
+    assert losses.shape == correct.shape == (2, 2, 3)
+    for r in range(2):
+        for i in range(2):
+            prefix, texts = task.render(demos[r, i], frag[r, i], queries[r])
+            lp = HashScorer().score(prefix, texts, task.template.label_words)
+            y = task.labels[queries[r]]
+            np.testing.assert_allclose(losses[r, i], -lp[np.arange(3), y], rtol=1e-6)
+            np.testing.assert_array_equal(correct[r, i], lp.argmax(1) == y)
+    # a configuration repeated within one call is scored once
+    assert len(scorer.prompts) == 3 * 3
+    assert "review 3" not in task.render([1, -1], [2], [4])[0]  # -1: no demonstration of class 1
+    assert fb.configurations == 4 and fb.prompts == 12
+
+
+def test_adapter_under_jit_and_vmap_matches_the_host_call():
+    fb = LLMFeedback(_task(), HashScorer())
+    config = Configuration(fragment_words=jnp.array([[[0, 1]], [[2, 2]]]), demos=jnp.array([[[0, 1]], [[1, 0]]]))
+    queries = jnp.array([[4, 5], [5, 4]])
+    host = fb.host(config.fragment_words, config.demos, queries)
+    out = jax.jit(fb)(config, queries)
+    np.testing.assert_allclose(out.losses, host[0])
+    batched = jax.vmap(fb, in_axes=(Configuration(0, 0), 0))(
+        jax.tree.map(lambda a: a[None], config), queries[None])
+    np.testing.assert_allclose(batched.losses[0], host[0])
+
+
+def test_prompt_task_validation():
+    t = PAPER_TEMPLATES["sst2"]
+    ex = [{"S1": "x"}, {"S1": "y"}]
+    with pytest.raises(ValueError, match="has label"):
+        PromptTask(t, ex, np.array([0, 1]), candidates=np.array([[1], [0]]), vocabulary=["w"])
+    with pytest.raises(ValueError, match=r"shape \[U=2, V\]"):
+        PromptTask(t, ex, np.array([0, 1]), candidates=np.array([[0, 1]]), vocabulary=["w"])
+    with pytest.raises(ValueError, match="fields"):
+        PromptTask(t, [{"S2": "x"}, {"S2": "y"}], np.array([0, 1]), candidates=np.array([[0], [1]]), vocabulary=["w"])
+    with pytest.raises(ValueError, match="vocabulary is empty"):
+        PromptTask(t, ex, np.array([0, 1]), candidates=np.array([[0], [1]]), vocabulary=[])
+    fb = LLMFeedback(PromptTask(t, ex, np.array([0, 1]), candidates=np.array([[0], [1]]), vocabulary=["w"]), HashScorer())
+    with pytest.raises(ValueError, match="point into"):
+        fb.host(np.zeros((1, 1, 1), int), np.zeros((1, 1, 2), int), np.array([[5]]))
