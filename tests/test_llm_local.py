@@ -141,3 +141,31 @@ def test_response_cache_takes_concurrent_writers(tmp_path):
     assert cache.get("local", "m", ["prompt 3 7"], ["b", "a"]) == [None]  # the label words are part of the key
     with pytest.raises(ValueError, match="shape"):
         cache.put("local", "m", ["p"], ["a", "b"], np.zeros((1, 3)))
+
+
+@pytest.mark.slow
+def test_llm_feedback_on_gemma_with_the_paper_template(scorer, tmp_path):
+    """Sampled configurations → the paper's SST-2 prompts → gemma → losses, inside jit as
+    the engine calls it; a rerun is free. (gemma-3-270m is near chance on this template:
+    only the bookkeeping is checked, not its accuracy.)"""
+    import jax
+    import jax.numpy as jnp
+
+    from asyndbt_jax.llm import PAPER_TEMPLATES, LLMFeedback, PromptTask
+    from asyndbt_jax.selection import Configuration
+
+    reviews = ["A warm, funny and beautifully acted film.", "Dull, predictable and far too long.",
+               "An absolute delight from start to finish.", "I fell asleep halfway through this boring mess.",
+               "Gorgeous visuals and a moving soundtrack.", "Two hours of my life I will never get back."]
+    task = PromptTask(PAPER_TEMPLATES["sst2"], [{"S1": r} for r in reviews], np.array([1, 0, 1, 0, 1, 0]),
+                      candidates=np.array([[1, 5], [0, 4]]), vocabulary=["tone", "overall", "judge", "review"])
+    fb = LLMFeedback(task, scorer, cache=ResponseCache(tmp_path / "r.sqlite"))
+    config = Configuration(fragment_words=jnp.array([[[0, 1, 2], [3, -1, -1]]]), demos=jnp.array([[[0, 0], [1, 1]]]))
+    queries = jnp.array([[2, 3]])
+    out = jax.jit(fb)(config, queries)
+    assert out.losses.shape == (1, 2, 2) and bool(jnp.all(out.losses > 0))
+    np.testing.assert_array_equal(out.correct, out.losses < np.log(2))  # binary: right iff p(true) > 1/2
+    calls = scorer.forward_calls
+    again = fb.host(config.fragment_words, config.demos, queries)
+    assert scorer.forward_calls == calls and fb.cache.hits == 4
+    np.testing.assert_array_equal(again[0], np.asarray(out.losses))
