@@ -77,6 +77,11 @@ def test_cache_makes_a_rerun_free_and_dry_run_projects(server, tmp_path):
     assert dry.stats.calls == 0 and dry.stats.projected_calls == len(new)
     np.testing.assert_allclose(out[: len(new)], np.log(0.5))
     assert f"{len(new)} calls" in dry.projection()
+    task = PromptTask(Template("Review: {S1}", answers=("negative", "positive"), cue="\nSentiment:"),
+                      [{"S1": r} for r in REVIEWS], np.array([1, 0] * 4), np.array([[1], [0]]), ["w"])
+    fb = LLMFeedback(task, scorer(server.base_url, dry_run=True))
+    fb.host(np.zeros((2, 3, 1), int), np.zeros((2, 3, 2), int), np.array([[0, 1], [2, 3]]))
+    assert fb.scorer.stats.calls == 0 and "dry run on smollm2@" in fb.summary() and "4 calls" in fb.summary()
 
 
 def test_budget_stops_cleanly_and_keeps_what_was_paid_for(server, tmp_path):

@@ -145,8 +145,11 @@ class LLMFeedback:
         return Feedback(losses, correct)
 
     def summary(self) -> str:
-        """One log line: configurations, prompts, host seconds, cache hits/misses."""
+        """One log line: configurations, prompts, host seconds, cache hits/misses, and a dry
+        run's projected calls and tokens."""
         line = f"LLM feedback: {self.configurations} configurations, {self.prompts} prompts, {self.seconds:.1f} s"
         if self.cache is not None:
             line += f", cache {self.cache.hits} hits / {self.cache.misses} misses"
+        if getattr(self.scorer, "dry_run", False):
+            line += "; " + self.scorer.projection()
         return line
