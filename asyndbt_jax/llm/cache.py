@@ -81,3 +81,18 @@ class ResponseCache:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+
+
+def split_cached(cache: ResponseCache | None, backend: str, model: str, prompts: Sequence[str],
+                 labels: Sequence[str]) -> tuple[np.ndarray, list[int]]:
+    """``(out [B, U], todo)``: the cached answers filled into ``out`` (zeros elsewhere) and
+    the indices of the prompts still to be asked (all of them without a cache)."""
+    out = np.zeros((len(prompts), len(labels)))
+    if cache is None:
+        return out, list(range(len(prompts)))
+    got = cache.get(backend, model, prompts, labels)
+    for b, lp in enumerate(got):
+        if lp is not None:
+            out[b] = lp
+    return out, [b for b, lp in enumerate(got) if lp is None]
+

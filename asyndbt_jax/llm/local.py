@@ -29,6 +29,7 @@ from typing import Sequence
 
 import numpy as np
 
+from .cache import split_cached
 from .models import LoadedModel, load_causal_lm
 
 MODES = ("shared_prefix", "padded", "naive")
@@ -114,16 +115,11 @@ class LocalScorer:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         queries = list(queries)
         prompts = [prefix + q for q in queries]
-        out = np.zeros((len(queries), len(labels)))
-        todo = list(range(len(queries)))
-        if cache is not None:
-            got = cache.get(self.backend, self.name, prompts, labels)
-            for b, lp in enumerate(got):
-                if lp is not None:
-                    out[b] = lp
-            todo = [b for b, lp in enumerate(got) if lp is None]
-            if not todo:
-                return out
+        if not queries:
+            raise ValueError("no queries to score")
+        out, todo = split_cached(cache, self.backend, self.name, prompts, labels)
+        if not todo:
+            return out
         # identical prompts in one batch are scored once
         unique = list(dict.fromkeys(queries[b] for b in todo))
         enc = self._encode(prefix, unique, labels)

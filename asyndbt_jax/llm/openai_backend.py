@@ -46,6 +46,8 @@ from typing import Sequence
 
 import numpy as np
 
+from .cache import split_cached
+
 log = logging.getLogger(__name__)
 
 API_KINDS = ("completions", "chat")
@@ -178,14 +180,7 @@ class OpenAIScorer:
         prompts = [prefix + q for q in queries]
         if not prompts:
             raise ValueError("no queries to score")
-        out = np.zeros((len(prompts), len(labels)))
-        todo = list(range(len(prompts)))
-        if cache is not None:
-            got = cache.get(self.backend, self.name, prompts, labels)
-            for b, lp in enumerate(got):
-                if lp is not None:
-                    out[b] = lp
-            todo = [b for b, lp in enumerate(got) if lp is None]
+        out, todo = split_cached(cache, self.backend, self.name, prompts, labels)
         unique = list(dict.fromkeys(prompts[b] for b in todo))
         if not unique:
             return out
