@@ -84,9 +84,10 @@ def test_cache_makes_a_rerun_free_and_dry_run_projects(server, tmp_path):
     assert fb.scorer.stats.calls == 0 and "dry run on smollm2@" in fb.summary() and "4 calls" in fb.summary()
 
 
-def test_budget_stops_cleanly_and_keeps_what_was_paid_for(server, tmp_path):
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_budget_stops_cleanly_and_keeps_what_was_paid_for(server, tmp_path, concurrency):
     cache = ResponseCache(tmp_path / "r.sqlite")
-    s = scorer(server.base_url, max_calls=3, concurrency=1)
+    s = scorer(server.base_url, max_calls=3, concurrency=concurrency)
     with pytest.raises(BudgetExceeded, match="max_calls=3"):
         s.score(PREFIX, QUERIES, LABELS, cache=cache)
     assert s.stats.calls == 3

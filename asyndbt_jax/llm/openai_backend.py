@@ -148,6 +148,7 @@ class OpenAIScorer:
         self.floor_logprob = float(floor_logprob)
         self.dry_run = bool(dry_run)
         self.echo_supported = api == "completions"
+        self._in_flight = 0
         self._echo_verified: bool | None = None  # checked once, at the first missing label
         self.stats = Stats()
         self._rng = random.Random(seed)
@@ -213,18 +214,28 @@ class OpenAIScorer:
             if cache is not None:  # stored at once: a later failure loses nothing
                 cache.put(self.backend, self.name, [prompt], labels, lp[None])
 
+        pending = {asyncio.ensure_future(one(p)) for p in prompts}
+        errors: list[BaseException] = []
         try:
-            results = await asyncio.gather(*(one(p) for p in prompts), return_exceptions=True)
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                errors += [t.exception() for t in done if t.exception() is not None]
+                if any(not isinstance(e, BudgetExceeded) for e in errors):
+                    # a request failed for good: stop the rest (a spent budget instead lets the
+                    # requests in flight finish, since they are paid for)
+                    for t in pending:
+                        t.cancel()
+                    await asyncio.gather(*pending, return_exceptions=True)
+                    break
         finally:
             await client.close()
-        errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             budget = [e for e in errors if isinstance(e, BudgetExceeded)]
             raise (budget or errors)[0]
         return answers
 
     def _reserve(self) -> None:
-        if self.max_calls is not None and self.stats.calls >= self.max_calls:
+        if self.max_calls is not None and self.stats.calls + self._in_flight >= self.max_calls:
             raise BudgetExceeded(f"call budget spent: {self.stats.calls} of max_calls={self.max_calls} calls made "
                                  f"({self.stats.tokens} tokens); answers so far are in the response cache")
         if self.max_tokens is not None and self.stats.tokens >= self.max_tokens:
@@ -237,6 +248,7 @@ class OpenAIScorer:
 
         for attempt in range(self.max_retries + 1):
             self._reserve()
+            self._in_flight += 1  # counted against max_calls while it runs: concurrency never overshoots
             try:
                 if self.api == "chat":
                     response = await client.chat.completions.create(model=self.model, **kwargs)
@@ -268,6 +280,8 @@ class OpenAIScorer:
                 if attempt == self.max_retries:
                     raise
                 retry_after = _retry_after(err.response)
+            finally:
+                self._in_flight -= 1
             self.stats.retries += 1
             first, longest = self.backoff
             delay = self._rng.uniform(0, min(longest, first * 2**attempt))
