@@ -140,7 +140,7 @@ def prepare(task: str, *, log=print) -> LabelledData:
     folder = data_dir(task)
     data_file = folder / Path(src.member).name
     marker = folder / ".complete"
-    if not marker.exists():
+    if not (marker.exists() and data_file.exists()):
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
             archive = _download(src, Path(tmp), log)
