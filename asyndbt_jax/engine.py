@@ -255,10 +255,11 @@ def malicious_mask(config: AsynDBTConfig):
     return attacklib.malicious_workers(config.num_workers, config.num_malicious)
 
 
-def _scored_losses(config: AsynDBTConfig, feedback_fn, sampled, queries, key, malicious) -> jax.Array:
+def _scored_losses(config: AsynDBTConfig, feedback_fn, sampled, queries, key, malicious, active=None) -> jax.Array:
     """Mean loss ``[R, I]`` of every sampled configuration, poisoned by malicious workers when
-    the attack is a feedback attack."""
-    feedback = feedback_fn(sampled, queries)
+    the attack is a feedback attack. ``active``: the workers whose losses are used (the
+    backend may skip the others)."""
+    feedback = feedback_fn(sampled, queries) if active is None else feedback_fn(sampled, queries, active)
     if config.attack in attacklib.FEEDBACK_ATTACKS and config.num_malicious:
         mode = "invert" if config.attack == "inverted_feedback" else "random"
         feedback = attacklib.poison_feedback(feedback, malicious, key, mode=mode)
@@ -382,7 +383,7 @@ def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, r
     """
     k_poison = jax.random.fold_in(key, 1)  # a separate stream: attack-free runs are unchanged
     sampled = _scored_config(config, workers.selection, key)
-    losses = _scored_losses(config, feedback_fn, sampled, queries, k_poison, malicious)  # [R, I]
+    losses = _scored_losses(config, feedback_fn, sampled, queries, k_poison, malicious, replied)  # [R, I]
     grads = _clip_per_worker(_masked_gradient(config, workers.selection, sampled, losses), config.max_norm)
     grads = grads._replace(fragment_probs=grads.fragment_probs + force)
     opt = _optimizer(config)

@@ -8,7 +8,10 @@ A feedback backend turns sampled configurations into loss tensors. It is called 
   ``[R, B]`` (the backend defines its content: the planted oracle uses query types,
   labels and difficulties; the LLM backends use example indices),
 
-and returns :class:`Feedback` with ``losses [R, I, B]`` (cross-entropy of the observed
+and optionally ``active``: bool ``[R]``, the workers whose answers will be used (the
+engine passes the arrived workers when it replies to them; a backend may skip the others,
+whose values are ignored: an LLM backend then makes no call for them), and returns
+:class:`Feedback` with ``losses [R, I, B]`` (cross-entropy of the observed
 label) and ``correct [R, I, B]`` (argmax prediction equals the observed label).
 Backends that are pure JAX (the planted oracle) can be called inside ``jit``; LLM
 backends run on the host and return NumPy arrays.
@@ -37,4 +40,4 @@ class Feedback(NamedTuple):
 
 
 class FeedbackFn(Protocol):
-    def __call__(self, config: Configuration, queries: Any) -> Feedback: ...
+    def __call__(self, config: Configuration, queries: Any, active: jax.Array | None = None) -> Feedback: ...

@@ -12,17 +12,20 @@ from .oracle import PlantedTask, make_planted_task, oracle_feedback
 from .simulator import DelayModel, SimulationResult, simulate
 
 
-def pooled(task: PlantedTask) -> Data:
+def pooled(data: Data) -> Data:
     """All workers' data on one machine (the centralised baselines): leaves ``[1, R·B]``."""
     flat = functools.partial(jax.tree.map, lambda x: x.reshape((1, -1)))
-    return Data(flat(task.train), flat(task.validation))
+    return Data(flat(data.train), flat(data.validation))
 
 
-def run_planted(
+def run_method(
     method: str,
-    task: PlantedTask,
+    feedback_fn,
+    data: Data,
+    test_queries,
     delay: DelayModel,
     *,
+    shapes: dict,
     iterations: int,
     num_active: int,
     max_staleness: int,
@@ -33,32 +36,30 @@ def run_planted(
     eval_every: int = 10,
     **overrides,
 ) -> tuple[SimulationResult, object]:
-    """Simulate ``method`` on ``task``; centralised methods pool the data on one machine
-    whose delay is the worker delay times R (it does every worker's queries)."""
-    R = task.train.label.shape[0]
-    M, N, _ = task.oracle.word_utility.shape
-    U, V, _ = task.oracle.demo_utility.shape
+    """Simulate ``method`` on per-worker ``data`` with any feedback (the planted oracle, an
+    LLM). Centralised methods pool the data on one machine whose delay is the worker delay
+    times R (it does every worker's queries). ``shapes``: ``num_fragment_words``,
+    ``vocab_size``, ``num_classes``, ``num_candidates``."""
+    R = jax.tree.leaves(data.train)[0].shape[0]
     central = method in CENTRALISED
     if central and overrides.get("num_malicious", 0):
         raise ValueError(f"{method} runs on one machine: there are no workers to corrupt (num_malicious must be 0)")
-    shapes = dict(num_fragment_words=M, vocab_size=N, num_classes=U, num_candidates=V)
-    workers = 1 if central else R
     config = method_config(
         method,
-        num_workers=workers,
+        num_workers=1 if central else R,
         num_active=1 if central else num_active,
         max_staleness=max_staleness,
         **shapes,
         **overrides,
     )
-    data = pooled(task) if central else Data(task.train, task.validation)
     if central:
+        data = pooled(data)
         delay = dataclasses.replace(delay, scale=delay.scale * R)
     result = simulate(
         config,
-        functools.partial(oracle_feedback, task.oracle),
+        feedback_fn,
         data,
-        task.test,
+        test_queries,
         delay,
         iterations=iterations,
         seed=seed,
@@ -70,4 +71,13 @@ def run_planted(
     return result, config
 
 
-__all__ = ["make_planted_task", "pooled", "run_planted"]
+def run_planted(method: str, task: PlantedTask, delay: DelayModel, **kwargs) -> tuple[SimulationResult, object]:
+    """Simulate ``method`` on a planted task (see :func:`run_method` for the arguments)."""
+    M, N, _ = task.oracle.word_utility.shape
+    U, V, _ = task.oracle.demo_utility.shape
+    shapes = dict(num_fragment_words=M, vocab_size=N, num_classes=U, num_candidates=V)
+    return run_method(method, functools.partial(oracle_feedback, task.oracle), Data(task.train, task.validation),
+                      task.test, delay, shapes=shapes, **kwargs)
+
+
+__all__ = ["make_planted_task", "pooled", "run_method", "run_planted"]

@@ -131,8 +131,9 @@ def oracle_logits(oracle: PlantedOracle, config: Configuration, queries: Queries
     return jnp.where(jax.nn.one_hot(true_label, num_classes, dtype=bool), margin[..., None], 0.0)
 
 
-def oracle_feedback(oracle: PlantedOracle, config: Configuration, queries: Queries) -> Feedback:
-    """The feedback interface for the planted oracle: ``losses``/``correct`` ``[..., I, B]``."""
+def oracle_feedback(oracle: PlantedOracle, config: Configuration, queries: Queries, active=None) -> Feedback:
+    """The feedback interface for the planted oracle: ``losses``/``correct`` ``[..., I, B]``.
+    ``active`` is ignored: every worker is computed (it costs nothing to skip)."""
     logits = oracle_logits(oracle, config, queries)
     label = jnp.broadcast_to(queries.label[..., None, :], logits.shape[:-1])
     log_probs = jax.nn.log_softmax(logits, axis=-1)

@@ -142,3 +142,27 @@ def test_prompt_task_validation():
     fb = LLMFeedback(PromptTask(t, ex, np.array([0, 1]), candidates=np.array([[0], [1]]), vocabulary=["w"]), HashScorer())
     with pytest.raises(ValueError, match="point into"):
         fb.host(np.zeros((1, 1, 1), int), np.zeros((1, 1, 2), int), np.array([[5]]))
+
+
+def test_only_the_replied_workers_are_scored():
+    """The engine passes the arrived workers to the feedback: an LLM backend asks nothing
+    for the others (their rows are ignored)."""
+    from asyndbt_jax.engine import init_state, method_config, worker_reply
+
+    task = _task()
+    scorer = HashScorer()
+    fb = LLMFeedback(task, scorer)
+    losses, correct = fb.host(np.zeros((2, 1, 2), int), np.zeros((2, 1, 2), int), np.array([[4, 5], [4, 5]]),
+                              active=np.array([False, True]))
+    assert len(scorer.prompts) == 2 and not losses[0].any() and not correct[0].any() and losses[1].all()
+
+    config = method_config("asyndbt", num_workers=3, num_active=2, max_staleness=4, num_fragment_words=2,
+                           vocab_size=3, num_classes=2, num_candidates=2, num_samples=2)
+    state = init_state(config, jax.random.key(0))
+    fb = LLMFeedback(task, HashScorer())
+    replied = jnp.array([True, False, True])
+    queries = jnp.array([[4, 5], [5, 4], [4, 4]])
+    new, _ = jax.jit(worker_reply, static_argnums=(0, 1))(config, fb, state.workers, 0.0, replied, queries,
+                                                          jax.random.key(1), jnp.zeros(3, bool))
+    assert fb.configurations == 2 * 2  # two replied workers × I = 2, none for worker 1
+    np.testing.assert_array_equal(new.selection.demo_probs[1], state.workers.selection.demo_probs[1])

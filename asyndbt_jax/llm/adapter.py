@@ -106,11 +106,13 @@ class LLMFeedback:
         self.prompts = 0
         self.seconds = 0.0
 
-    def host(self, fragment_words, demos, queries) -> tuple[np.ndarray, np.ndarray]:
+    def host(self, fragment_words, demos, queries, active=None) -> tuple[np.ndarray, np.ndarray]:
         """NumPy in, NumPy out: ``fragment_words [R, I, M]``, ``demos [R, I, U]``, ``queries [R, B]``
-        → ``losses float32 [R, I, B]``, ``correct bool [R, I, B]``."""
+        → ``losses float32 [R, I, B]``, ``correct bool [R, I, B]``. Workers where ``active [R]``
+        is False are not scored (losses 0, correct False)."""
         fragment_words, demos, queries = (np.asarray(a) for a in (fragment_words, demos, queries))
         R, I = demos.shape[:2]
+        active = np.ones(R, bool) if active is None else np.asarray(active, bool).reshape(R)
         if fragment_words.shape[:2] != (R, I) or queries.shape[0] != R or queries.ndim != 2:
             raise ValueError(f"shapes disagree: fragment_words {fragment_words.shape}, demos {demos.shape}, queries {queries.shape}")
         if queries.size and (queries.min() < 0 or queries.max() >= len(self.task.examples)):
@@ -119,28 +121,29 @@ class LLMFeedback:
         labels = self.task.labels[queries]  # [R, B]
         logp = np.zeros((R, I, queries.shape[1], self.task.num_classes))
         memo: dict[tuple, np.ndarray] = {}
-        for r in range(R):
+        for r in np.flatnonzero(active):
             for i in range(I):
                 key = (demos[r, i].tobytes(), fragment_words[r, i].tobytes(), queries[r].tobytes())
                 if key not in memo:
                     prefix, texts = self.task.render(demos[r, i], fragment_words[r, i], queries[r])
                     memo[key] = self.scorer.score(prefix, texts, self.task.template.label_words, cache=self.cache)
                 logp[r, i] = memo[key]
-        self.configurations += R * I
-        self.prompts += R * I * queries.shape[1]
+        self.configurations += int(active.sum()) * I
+        self.prompts += int(active.sum()) * I * queries.shape[1]
         self.seconds += time.perf_counter() - start
         true = np.take_along_axis(logp, labels[:, None, :, None], axis=-1)[..., 0]
         losses = (-true).astype(np.float32)
-        correct = logp.argmax(-1) == labels[:, None, :]
+        correct = (logp.argmax(-1) == labels[:, None, :]) & active[:, None, None]
         if log.isEnabledFor(logging.INFO):
             log.info("%s", self.summary())
         return losses, correct
 
-    def __call__(self, config: Configuration, queries) -> Feedback:
+    def __call__(self, config: Configuration, queries, active=None) -> Feedback:
         R, I = config.demos.shape[:2]
         B = queries.shape[-1]
+        active = jnp.ones((R,), bool) if active is None else active
         shapes = (jax.ShapeDtypeStruct((R, I, B), jnp.float32), jax.ShapeDtypeStruct((R, I, B), jnp.bool_))
-        losses, correct = jax.pure_callback(self.host, shapes, config.fragment_words, config.demos, queries,
+        losses, correct = jax.pure_callback(self.host, shapes, config.fragment_words, config.demos, queries, active,
                                             vmap_method="sequential")
         return Feedback(losses, correct)
 
