@@ -34,6 +34,7 @@ def run_method(
     progress: bool = True,
     target_validation_accuracy: float | None = None,
     eval_every: int = 10,
+    status=None,
     **overrides,
 ) -> tuple[SimulationResult, object]:
     """Simulate ``method`` on per-worker ``data`` with any feedback (the planted oracle, an
@@ -67,6 +68,7 @@ def run_method(
         progress=progress,
         target_validation_accuracy=target_validation_accuracy,
         eval_every=eval_every,
+        status=status,
     )
     return result, config
 

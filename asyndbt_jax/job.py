@@ -135,7 +135,7 @@ def run_job(cfg: JobConfig) -> dict:
         shapes=shapes, iterations=cfg.iterations, num_active=cfg.active, max_staleness=cfg.staleness,
         seed=cfg.seed, history_path=str(out / "history.jsonl"), progress=cfg.progress,
         eval_every=cfg.iterations, num_samples=cfg.samples, lower_rounds=cfg.lower_rounds,
-        lr_fragment=cfg.lr, lr_demos=cfg.lr,
+        lr_fragment=cfg.lr, lr_demos=cfg.lr, status=feedback.status,
     )
     prompts = decoded_prompts(config, result.state)
     words = np.asarray(prompts.fragment_words[0])  # the consensus fragment: the same for every worker

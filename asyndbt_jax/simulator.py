@@ -181,6 +181,7 @@ def simulate(
     target_validation_accuracy: float | None = None,
     history_path: str | None = None,
     progress: bool = True,
+    status=None,
 ) -> SimulationResult:
     """Run ``iterations`` server iterations on the virtual clock.
 
@@ -195,7 +196,10 @@ def simulate(
       eval_every: evaluate validation/test accuracy every this many iterations (and last).
       target_validation_accuracy: stop as soon as mean validation accuracy reaches it.
       history_path: write one JSON line per iteration here.
-      progress: a progress line on stderr.
+      progress: a progress line on stderr (iteration, virtual time, accuracies, queries,
+        wall time and ETA).
+      status: optional ``() -> str`` appended to the progress line (``LLMFeedback.status``:
+        prompts scored and the cache hit rate).
 
     Returns:
       ``SimulationResult`` with the final state, per-iteration history and totals.
@@ -251,9 +255,12 @@ def simulate(
             if sink:
                 sink.write(json.dumps(record) + "\n")
             if progress:
+                wall = time.perf_counter() - started
+                eta = wall / (it + 1) * (iterations - it - 1)
+                extra = f" {status()}" if status is not None else ""
                 sys.stderr.write(
                     f"\r[{it + 1}/{iterations}] t={clock.time:9.2f} val={val_acc:.3f} test={test_acc:.3f} "
-                    f"queries={total_queries} {time.perf_counter() - started:6.1f}s"
+                    f"queries={total_queries}{extra} {wall:6.1f}s eta {eta:5.0f}s"
                 )
                 sys.stderr.flush()
             if reached is not None:

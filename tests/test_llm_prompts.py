@@ -166,3 +166,19 @@ def test_only_the_replied_workers_are_scored():
                                                           jax.random.key(1), jnp.zeros(3, bool))
     assert fb.configurations == 2 * 2  # two replied workers × I = 2, none for worker 1
     np.testing.assert_array_equal(new.selection.demo_probs[1], state.workers.selection.demo_probs[1])
+
+
+def test_status_reports_prompts_and_the_cache_hit_rate(tmp_path):
+    from asyndbt_jax.llm import ResponseCache
+
+    task = _task()
+
+    class CachingHashScorer(HashScorer):
+        def score(self, prefix, queries, labels, cache=None):
+            cache.get("hash", "m", [prefix + q for q in queries], labels)  # counts misses
+            return super().score(prefix, queries, labels)
+
+    fb = LLMFeedback(task, CachingHashScorer(), cache=ResponseCache(tmp_path / "r.sqlite"))
+    assert fb.status() == "prompts=0"
+    fb.host(np.zeros((1, 1, 1), int), np.zeros((1, 1, 2), int), np.array([[4, 5]]))
+    assert fb.status() == "prompts=2 cache=0%"

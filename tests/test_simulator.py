@@ -105,3 +105,16 @@ def test_simulate_batch_reproduces_single_runs_and_varies_the_malicious_set(task
     with pytest.raises(ValueError, match="seeds"):
         simulate_batch(config, fb, Data(task.train, task.validation), task.test, parse_delay("lognormal:1.0"),
                        iterations=2, seeds=[])
+
+
+def test_progress_line_has_eta_and_the_status_field(task, capsys):
+    calls = []
+
+    def status():
+        calls.append(1)
+        return "prompts=7 cache=50%"
+
+    run_planted("asyndbt", task, parse_delay("constant:1"), iterations=3, num_active=2, max_staleness=3, seed=0,
+                progress=True, num_samples=2, status=status)
+    err = capsys.readouterr().err
+    assert len(calls) == 3 and "[3/3]" in err and "prompts=7 cache=50%" in err and "eta     0s" in err

@@ -147,6 +147,13 @@ class LLMFeedback:
                                             vmap_method="sequential")
         return Feedback(losses, correct)
 
+    def status(self) -> str:
+        """A short progress field: prompts scored and the cache hit rate."""
+        line = f"prompts={self.prompts}"
+        if self.cache is not None and self.cache.hits + self.cache.misses:
+            line += f" cache={100 * self.cache.hits / (self.cache.hits + self.cache.misses):.0f}%"
+        return line
+
     def summary(self) -> str:
         """One log line: configurations, prompts, host seconds, cache hits/misses, and a dry
         run's projected calls and tokens."""
