@@ -81,6 +81,27 @@ def make_scorer(cfg: JobConfig):
     return LocalScorer(cfg.model)
 
 
+_NOT_RESULTS = ("out", "cache", "progress")  # settings that do not change what a run computes
+
+
+def _claim(out: Path, cfg: JobConfig) -> None:
+    """Use ``out`` for this run unless it holds the result of a different configuration
+    (then nothing there is touched). Rerunning the same configuration replaces its files."""
+    previous = out / "result.json"
+    if previous.exists():
+        try:
+            old = json.loads(previous.read_text()).get("config", {})
+        except json.JSONDecodeError:
+            old = None
+        new = dataclasses.asdict(cfg)
+        differ = None if old is None else sorted(k for k in new if k not in _NOT_RESULTS and old.get(k) != new[k])
+        if differ is None or differ:
+            what = "an unreadable result.json" if differ is None else "a run with other settings: " + ", ".join(
+                f"{k}={old.get(k)!r} (now {new[k]!r})" for k in differ)
+            raise ValueError(f"{out} holds {what}; choose another --out or remove it (nothing was overwritten)")
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def _accuracy(feedback, fragment_words, demos, queries) -> float:
     """Test accuracy of one prompt (``fragment_words [M]``, ``demos [U]``) on ``queries [B]``."""
     _, correct = feedback.host(np.asarray(fragment_words)[None, None], np.asarray(demos)[None, None],
@@ -104,7 +125,7 @@ def run_job(cfg: JobConfig) -> dict:
         raise ValueError(f"--active (S={cfg.active}) must be between 1 and --workers (R={cfg.workers})")
     delay = parse_delay(cfg.delay)
     out = Path(cfg.out or f"runs/{cfg.task}-{cfg.method}-seed{cfg.seed}")
-    out.mkdir(parents=True, exist_ok=True)
+    _claim(out, cfg)
     started = time.perf_counter()
 
     data = load_task(cfg)

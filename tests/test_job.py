@@ -37,3 +37,19 @@ def test_quick_run_then_a_free_rerun(tmp_path, capsys):
 def test_bad_input(args, match, tmp_path):
     with pytest.raises(SystemExit, match=match):
         main(["run", "--quick", "--json", "--out", str(tmp_path), *args])
+
+
+def test_a_folder_holding_another_run_is_not_overwritten(tmp_path):
+    from asyndbt_jax.job import JobConfig
+
+    out = tmp_path / "run"
+    out.mkdir()
+    other = JobConfig(seed=1, out=str(out))
+    result = json.dumps({"config": __import__("dataclasses").asdict(other)})
+    (out / "result.json").write_text(result)
+    with pytest.raises(SystemExit, match=r"holds a run with other settings: seed=1 \(now 0\); choose another --out"):
+        main(["run", "--json", "--out", str(out), "--seed", "0"])
+    assert (out / "result.json").read_text() == result and not (out / "history.jsonl").exists()
+    (out / "result.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="unreadable result.json"):
+        main(["run", "--json", "--out", str(out)])
