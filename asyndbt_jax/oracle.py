@@ -133,7 +133,7 @@ def oracle_logits(oracle: PlantedOracle, config: Configuration, queries: Queries
 
 def oracle_feedback(oracle: PlantedOracle, config: Configuration, queries: Queries, active=None) -> Feedback:
     """The feedback interface for the planted oracle: ``losses``/``correct`` ``[..., I, B]``.
-    ``active`` is ignored: every worker is computed (it costs nothing to skip)."""
+    ``active`` is ignored: computing every worker costs next to nothing here."""
     logits = oracle_logits(oracle, config, queries)
     label = jnp.broadcast_to(queries.label[..., None, :], logits.shape[:-1])
     log_probs = jax.nn.log_softmax(logits, axis=-1)

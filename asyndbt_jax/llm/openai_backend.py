@@ -147,13 +147,18 @@ class OpenAIScorer:
         self.price_per_million = price_per_million
         self.floor_logprob = float(floor_logprob)
         self.dry_run = bool(dry_run)
-        self.echo_supported = api == "completions"
         self._in_flight = 0
-        self._echo_verified: bool | None = None  # checked once, at the first missing label
+        # echo: None = not checked yet (completions), True = checked and trusted, False = unavailable
+        self._echo: bool | None = None if api == "completions" else False
         self.stats = Stats()
         self._rng = random.Random(seed)
 
     # ------------------------------------------------------------------ public
+
+    @property
+    def echo_supported(self) -> bool:
+        """False once echo scoring is known to be unavailable or untrustworthy on this server."""
+        return self._echo is not False
 
     @property
     def cost(self) -> float | None:
@@ -262,8 +267,6 @@ class OpenAIScorer:
                     self.stats.prompt_tokens += int(usage.prompt_tokens or 0)
                     self.stats.completion_tokens += int(usage.completion_tokens or 0)
                 return response
-            except openai.BadRequestError:
-                raise
             except openai.APIConnectionError as err:  # includes timeouts
                 if attempt == self.max_retries:
                     raise ConnectionError(f"cannot reach {self.base_url} after {attempt + 1} attempts: {err}") from err
@@ -297,13 +300,13 @@ class OpenAIScorer:
                     raw[u] = np.logaddexp(raw[u], lp)
         floor = min(top.values()) if top else self.floor_logprob
         missing = np.flatnonzero(~np.isfinite(raw))
-        if len(missing) and self.echo_supported and self._echo_verified is None and top:
+        if len(missing) and self._echo is None and top:
             async with self._echo_lock:
-                if self._echo_verified is None:
-                    self._echo_verified = await self._verify_echo(client, prompt, top)
+                if self._echo is None:
+                    self._echo = await self._verify_echo(client, prompt, top)
         first = None
         for u in missing:
-            echoed = await self._echo(client, prompt, labels[u]) if self._echo_verified else None
+            echoed = await self._echo_score(client, prompt, labels[u]) if self._echo else None
             if echoed is not None:
                 self.stats.echoed += 1
                 raw[u] = echoed
@@ -323,13 +326,12 @@ class OpenAIScorer:
         return echo log-probs shifted by one token (llama-cpp-python, its issue #1983), and
         such numbers must not be mixed with the top-k ones."""
         token, expected = max(top.items(), key=lambda kv: kv[1])
-        got = await self._echo(client, prompt, token) if token.strip() else None
+        got = await self._echo_score(client, prompt, token) if token.strip() else None
         ok = got is not None and abs(got - expected) <= ECHO_TOLERANCE
         if not ok:
             log.warning("echo log-probs from %s disagree with its top_logprobs (%s vs %.4f for %r): echo scoring "
                         "disabled, labels missing from the top %d get first-token or floor scores", self.base_url,
                         "none" if got is None else f"{got:.4f}", expected, token, self.top_logprobs)
-        self.echo_supported = ok and self.echo_supported
         return ok
 
     async def _top_tokens(self, client, prompt: str) -> dict[str, float]:
@@ -344,7 +346,7 @@ class OpenAIScorer:
         tops = (lp.top_logprobs or []) if lp else []
         return {t: float(v) for t, v in (tops[0] or {}).items()} if tops else {}
 
-    async def _echo(self, client, prompt: str, label: str) -> float | None:
+    async def _echo_score(self, client, prompt: str, label: str) -> float | None:
         """Sum of the label's token log-probs by echo, or ``None`` where echo is unsupported
         (then no further echo is tried on this scorer)."""
         import openai
@@ -352,12 +354,13 @@ class OpenAIScorer:
         try:
             r = await self._request(client, prompt=prompt + label, max_tokens=1, temperature=0, logprobs=0, echo=True)
         except openai.BadRequestError as err:
-            log.warning("echo scoring refused by %s (%s); missing labels get the floor log-prob", self.base_url, err)
-            self.echo_supported = False
+            log.warning("echo scoring refused by %s (%s); missing labels get first-token or floor scores",
+                        self.base_url, err)
+            self._echo = False
             return None
         lp = r.choices[0].logprobs
         if lp is None or not lp.text_offset:
-            self.echo_supported = False
+            self._echo = False
             return None
         start, end = len(prompt), len(prompt) + len(label)
         total, found = 0.0, False

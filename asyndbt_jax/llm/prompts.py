@@ -106,9 +106,7 @@ class Template:
         head = []
         for literal, name, spec, conv in string.Formatter().parse(self.block):
             head.append(literal)
-            if name is None:
-                break
-            if name not in FRAGMENT_SLOTS:
+            if name is None or name not in FRAGMENT_SLOTS:
                 break
             head.append(format(values[name], spec or ""))
         return "".join(head)
