@@ -35,12 +35,17 @@ def run_method(
     target_validation_accuracy: float | None = None,
     eval_every: int = 10,
     status=None,
+    checkpoint: str | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
+    checkpoint_extra=None,
     **overrides,
 ) -> tuple[SimulationResult, object]:
     """Simulate ``method`` on per-worker ``data`` with any feedback (the planted oracle, an
     LLM). Centralised methods pool the data on one machine whose delay is the worker delay
     times R (it does every worker's queries). ``shapes``: ``num_fragment_words``,
-    ``vocab_size``, ``num_classes``, ``num_candidates``."""
+    ``vocab_size``, ``num_classes``, ``num_candidates``; the checkpoint arguments are
+    :func:`~asyndbt_jax.simulator.simulate`'s."""
     R = jax.tree.leaves(data.train)[0].shape[0]
     central = method in CENTRALISED
     if central and overrides.get("num_malicious", 0):
@@ -69,6 +74,10 @@ def run_method(
         target_validation_accuracy=target_validation_accuracy,
         eval_every=eval_every,
         status=status,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        checkpoint_extra=checkpoint_extra,
     )
     return result, config
 

@@ -21,12 +21,15 @@ until it rejoins).
 
 from __future__ import annotations
 
+import io
 import json
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Sequence
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -161,6 +164,56 @@ class Clock:
         self.offline[replied] = dropped
         self.staleness = np.where(arrived, 0, self.staleness + 1)
 
+    def state_dict(self) -> dict:
+        """Everything the clock carries, JSON-serialisable (the generator's exact position included)."""
+        return {"time": self.time, "arrival": self.arrival.tolist(), "offline": self.offline.tolist(),
+                "staleness": self.staleness.tolist(), "rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.time = float(state["time"])
+        self.arrival = np.asarray(state["arrival"], np.float64)
+        self.offline = np.asarray(state["offline"], bool)
+        self.staleness = np.asarray(state["staleness"], np.int64)
+        self.rng.bit_generator.state = state["rng"]
+
+
+def _is_key(x) -> bool:
+    return jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
+
+
+def save_checkpoint(path: str | os.PathLike, state: EngineState, meta: dict) -> None:
+    """Write ``state`` (every leaf, bit for bit; PRNG keys as their raw data) and the
+    JSON-serialisable ``meta`` to ``path`` atomically: a kill mid-write leaves the previous
+    checkpoint intact."""
+    leaves = jax.tree.leaves(jax.device_get(jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, state)))
+    buffer = io.BytesIO()
+    np.savez(buffer, meta=np.asarray(json.dumps(meta)), **{f"leaf{i}": np.asarray(x) for i, x in enumerate(leaves)})
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(buffer.getvalue())
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | os.PathLike, template: EngineState) -> tuple[EngineState, dict]:
+    """Read a checkpoint written by :func:`save_checkpoint` into the structure of
+    ``template`` (a state of the same configuration, e.g. ``init_state``)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            saved = [z[f"leaf{i}"] for i in range(len(z.files) - 1)]
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+    leaves, treedef = jax.tree.flatten(template)
+    if len(saved) != len(leaves) or any(a.shape != (jax.random.key_data(b) if _is_key(b) else b).shape
+                                        for a, b in zip(saved, leaves)):
+        raise ValueError(f"checkpoint {path} does not fit this configuration (its arrays have other shapes)")
+    restored = [jax.random.wrap_key_data(jnp.asarray(a), impl=jax.random.key_impl(b)) if _is_key(b) else jnp.asarray(a)
+                for a, b in zip(saved, leaves)]
+    return jax.tree.unflatten(treedef, restored), meta
+
 
 def refresh_schedule(config: AsynDBTConfig, iterations: int) -> np.ndarray:
     """bool ``[T]``: the iterations that refresh the polyhedron (every ``δ``, bilevel methods only)."""
@@ -182,6 +235,10 @@ def simulate(
     history_path: str | None = None,
     progress: bool = True,
     status=None,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    resume: bool = False,
+    checkpoint_extra: Callable[[], dict] | None = None,
 ) -> SimulationResult:
     """Run ``iterations`` server iterations on the virtual clock.
 
@@ -200,6 +257,15 @@ def simulate(
         wall time and ETA).
       status: optional ``() -> str`` appended to the progress line (``LLMFeedback.status``:
         prompts scored and the cache hit rate).
+      checkpoint: write the whole run (engine state, JAX key, the clock and its generator,
+        history, counters) to this file every ``checkpoint_every`` iterations and at the end,
+        atomically.
+      resume: continue from ``checkpoint`` instead of starting; the run must be the same
+        (configuration, delay, iterations, seed, evaluation schedule). With deterministic
+        feedback (the oracle; an LLM through its response cache) a resumed run ends in
+        exactly the state of an uninterrupted one.
+      checkpoint_extra: ``() -> dict`` stored in each checkpoint's meta under ``"extra"``
+        (the caller's own counters; read them back with :func:`load_checkpoint`).
 
     Returns:
       ``SimulationResult`` with the final state, per-iteration history and totals.
@@ -209,6 +275,10 @@ def simulate(
         raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
     if eval_every < 1:
         raise ValueError(f"eval_every must be >= 1, got {eval_every!r}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every!r}")
+    if resume and checkpoint is None:
+        raise ValueError("resume needs the checkpoint file to resume from")
     state = init_state(config, jax.random.key(seed))
     # The state is threaded through, so its buffers are donated: the step updates them in
     # place instead of holding input and output copies (halves peak memory at 100k workers).
@@ -221,10 +291,34 @@ def simulate(
     total_queries = 0
     reached = None
     val_acc = test_acc = float("nan")
+    first = 0
+    run_id = {"config": repr(config), "delay": repr(delay), "iterations": iterations, "seed": seed,
+              "eval_every": eval_every, "target_validation_accuracy": target_validation_accuracy}
+    if resume:
+        if not Path(checkpoint).exists():
+            raise FileNotFoundError(f"no checkpoint to resume from at {checkpoint}")
+        state, meta = load_checkpoint(checkpoint, state)
+        differ = sorted(k for k in run_id if meta.get("run", {}).get(k) != run_id[k])
+        if differ:
+            raise ValueError(f"checkpoint {checkpoint} belongs to another run (it differs in {', '.join(differ)})")
+        clock.load_state_dict(meta["clock"])
+        history, total_queries, reached = meta["history"], meta["total_queries"], meta["reached"]
+        val_acc, test_acc, first = meta["validation_accuracy"], meta["test_accuracy"], meta["next_iteration"]
     sink = open(history_path, "w") if history_path else None
+    if sink:
+        sink.writelines(json.dumps(record) + "\n" for record in history)
+
+    def save(next_iteration: int) -> None:
+        if sink:
+            sink.flush()
+        meta = {"run": run_id, "next_iteration": next_iteration, "clock": clock.state_dict(), "history": history,
+                "total_queries": total_queries, "reached": reached, "validation_accuracy": val_acc,
+                "test_accuracy": test_acc, "extra": checkpoint_extra() if checkpoint_extra else {}}
+        save_checkpoint(checkpoint, state, meta)
+
     started = time.perf_counter()
     try:
-        for it in range(iterations):
+        for it in range(first, iterations):
             arrived = clock.next_arrivals(it)
             state, metrics = step(config, feedback_fn, state, jnp.asarray(arrived), data)
             m = jax.device_get(metrics)
@@ -254,9 +348,11 @@ def simulate(
             history.append(record)
             if sink:
                 sink.write(json.dumps(record) + "\n")
+            if checkpoint is not None and ((it + 1) % checkpoint_every == 0 or last or reached is not None):
+                save(it + 1 if reached is None else iterations)
             if progress:
                 wall = time.perf_counter() - started
-                eta = wall / (it + 1) * (iterations - it - 1)
+                eta = wall / (it + 1 - first) * (iterations - it - 1)
                 extra = f" {status()}" if status is not None else ""
                 sys.stderr.write(
                     f"\r[{it + 1}/{iterations}] t={clock.time:9.2f} val={val_acc:.3f} test={test_acc:.3f} "

@@ -118,3 +118,44 @@ def test_progress_line_has_eta_and_the_status_field(task, capsys):
                 progress=True, num_samples=2, status=status)
     err = capsys.readouterr().err
     assert len(calls) == 3 and "[3/3]" in err and "prompts=7 cache=50%" in err and "eta     0s" in err
+
+
+class Killed(Exception):
+    pass
+
+
+def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(task, tmp_path):
+    """Checkpoint every 3 iterations, die during iteration 8, resume from the checkpoint of
+    iteration 6: the final state (every array, the key), the clock, the history file and
+    the counters equal the uninterrupted run's, bit for bit."""
+    from asyndbt_jax.simulator import load_checkpoint
+
+    kw = dict(iterations=14, eval_every=4, delay="pareto:1.5+dropout:0.2:3")
+    whole = run(task, checkpoint=str(tmp_path / "whole.npz"), history_path=str(tmp_path / "whole.jsonl"), **kw)
+    ticks = []
+
+    def die_at_8():
+        ticks.append(1)
+        if len(ticks) == 8:
+            raise Killed
+        return ""
+
+    ck, hist = str(tmp_path / "ck.npz"), str(tmp_path / "ck.jsonl")
+    with pytest.raises(Killed):
+        run(task, checkpoint=ck, checkpoint_every=3, history_path=hist, status=die_at_8, progress=True, **kw)
+    assert load_checkpoint(ck, whole.state)[1]["next_iteration"] == 6
+    resumed = run(task, checkpoint=ck, checkpoint_every=3, history_path=hist, resume=True, **kw)
+    for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(resumed.state)):
+        if jax.dtypes.issubdtype(a.dtype, jax.dtypes.prng_key):
+            a, b = jax.random.key_data(a), jax.random.key_data(b)
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert resumed.history == whole.history and resumed.virtual_time == whole.virtual_time
+    assert (tmp_path / "ck.jsonl").read_text() == (tmp_path / "whole.jsonl").read_text()
+    assert (resumed.final_test_accuracy, resumed.queries) == (whole.final_test_accuracy, whole.queries)
+    a, b = load_checkpoint(ck, whole.state)[1], load_checkpoint(str(tmp_path / "whole.npz"), whole.state)[1]
+    assert a == b
+
+    with pytest.raises(ValueError, match=r"belongs to another run \(it differs in config\)"):
+        run(task, checkpoint=ck, resume=True, num_samples=5, **kw)
+    with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
+        run(task, checkpoint=str(tmp_path / "none.npz"), resume=True, **kw)
