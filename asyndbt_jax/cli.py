@@ -99,16 +99,22 @@ def _simulate(args) -> int:
 
 
 def _run(args) -> int:
-    from .job import QUICK, JobConfig, run_job, table
+    from .job import QUICK, JobConfig, read_config_file, resume_config, run_job, table
 
     fields = {f.name for f in dataclasses.fields(JobConfig)}
-    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
-    if args.quick:
-        values = {**QUICK, **values}
-    values["progress"] = not args.json
+    given = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     try:
-        summary = run_job(JobConfig(**values))
-    except (ValueError, ConnectionError, FileNotFoundError) as exc:
+        if args.resume:
+            if args.config or args.quick:
+                raise ValueError("--resume continues a run as it was configured: drop --config/--quick")
+            cfg = resume_config(args.resume, {**given, "progress": not args.json})
+        else:
+            values = read_config_file(args.config) if args.config else {}
+            if args.quick:
+                values.update(QUICK)
+            cfg = JobConfig(**{**values, **given, "progress": not args.json})
+        summary = run_job(cfg, resume=bool(args.resume))
+    except (ValueError, ConnectionError, FileNotFoundError, ModuleNotFoundError) as exc:
         raise SystemExit(f"error: {exc}") from exc
     print(json.dumps(summary) if args.json else table(summary))
     return 0
@@ -178,29 +184,39 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--quiet", action="store_true", help="no progress line on stderr")
     sim.set_defaults(func=_simulate)
 
-    from .job import DEFAULTS
+    from .job import DEFAULTS, job_methods
 
     run = sub.add_parser(
         "run", help="tune a real LLM's prompt on real data (the main job; no arguments: MR on gemma-3-270m)",
         description="Tune the demonstrations and fragment of a real LLM on a real task with AsynDBT (or a baseline) "
                     "over simulated asynchronous workers, and compare with the manual prompt and random ICL.",
     )
+    run.add_argument("--config", help="a TOML file of settings (keys as the flags: task, method, workers, ...); "
+                                      "flags override it")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     run.add_argument("--task", help=f"task (default {DEFAULTS['task']}; with --glue-dir: a GLUE task)")
     run.add_argument("--glue-dir", help="read the task from GLUE-format TSVs in this folder")
-    run.add_argument("--method", help=f"asyndbt|sync|cendbt|bdpl|demos-only|fedone (default {DEFAULTS['method']})")
+    run.add_argument("--method", help=f"{'|'.join(job_methods())} (default {DEFAULTS['method']})")
     run.add_argument("--model", help=f"local model name, .gguf or folder; with --base-url the served name (default {DEFAULTS['model']})")
     run.add_argument("--base-url", help="an OpenAI-compatible endpoint to use instead of the local model")
     run.add_argument("--workers", "-R", type=int, help=f"workers R (default {DEFAULTS['workers']})")
     run.add_argument("--active", "-S", type=int, help=f"messages the server waits for, S (default {DEFAULTS['active']})")
     run.add_argument("--staleness", "--tau", type=int, help=f"staleness bound tau (default {DEFAULTS['staleness']})")
     run.add_argument("--delay", help=f"straggler model (default {DEFAULTS['delay']})")
+    run.add_argument("--alpha", type=float, help="non-IID workers: Dirichlet(alpha) class mixtures (default IID)")
+    run.add_argument("--malicious", "-B", type=int, help="malicious workers B, the last B (default 0)")
+    run.add_argument("--attack", help=f"what the malicious workers do: {'|'.join(ATTACKS)} (default none)")
+    run.add_argument("--aggregator", help=f"server rule: {'|'.join(AGGREGATORS)} (default {DEFAULTS['aggregator']})")
     run.add_argument("--iterations", type=int, help=f"server iterations (default {DEFAULTS['iterations']})")
     run.add_argument("--samples", type=int, help=f"sampled configurations per estimate, I (default {DEFAULTS['samples']})")
     run.add_argument("--fragment-words", type=int, help=f"fragment length M (default {DEFAULTS['fragment_words']}; paper 75)")
     run.add_argument("--lower-rounds", type=int, help=f"lower-level primal-dual rounds K (default {DEFAULTS['lower_rounds']})")
     run.add_argument("--lr", type=float, help=f"Adam learning rate of both levels (default {DEFAULTS['lr']})")
     run.add_argument("--test-size", type=int, help=f"test examples (default {DEFAULTS['test_size']})")
+    run.add_argument("--budget", type=int, help="most prompts the job may score; tuning stops before an iteration "
+                                                "that could overrun it (default: no limit)")
     run.add_argument("--seed", type=int, help=f"seed of the split, the partitions and the run (default {DEFAULTS['seed']})")
+    run.add_argument("--checkpoint-every", type=int, help=f"iterations between checkpoints (default {DEFAULTS['checkpoint_every']})")
     run.add_argument("--out", help="run folder (default runs/<task>-<method>-seed<seed>)")
     run.add_argument("--cache", help="response cache file (default: responses.sqlite in the user cache)")
     run.add_argument("--quick", action="store_true", help="a smoke run: 3 iterations, I=2, 20 test examples")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 
 import jax
 
@@ -18,6 +19,9 @@ def pooled(data: Data) -> Data:
     return Data(flat(data.train), flat(data.validation))
 
 
+_SIMULATE_ARGS = frozenset(inspect.signature(simulate).parameters) - {"config", "feedback_fn", "data", "test_queries", "delay"}
+
+
 def run_method(
     method: str,
     feedback_fn,
@@ -26,29 +30,20 @@ def run_method(
     delay: DelayModel,
     *,
     shapes: dict,
-    iterations: int,
     num_active: int,
     max_staleness: int,
-    seed: int = 0,
-    history_path: str | None = None,
-    progress: bool = True,
-    target_validation_accuracy: float | None = None,
-    eval_every: int = 10,
-    status=None,
-    checkpoint: str | None = None,
-    checkpoint_every: int = 1,
-    resume: bool = False,
-    checkpoint_extra=None,
-    **overrides,
+    **kwargs,
 ) -> tuple[SimulationResult, object]:
     """Simulate ``method`` on per-worker ``data`` with any feedback (the planted oracle, an
     LLM). Centralised methods pool the data on one machine whose delay is the worker delay
     times R (it does every worker's queries). ``shapes``: ``num_fragment_words``,
-    ``vocab_size``, ``num_classes``, ``num_candidates``; the checkpoint arguments are
-    :func:`~asyndbt_jax.simulator.simulate`'s."""
+    ``vocab_size``, ``num_classes``, ``num_candidates``. Keyword arguments that
+    :func:`~asyndbt_jax.simulator.simulate` takes (``iterations``, ``seed``, ``checkpoint`` …)
+    go to it; the rest override the method's :class:`~asyndbt_jax.engine.AsynDBTConfig`."""
+    simulate_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _SIMULATE_ARGS}
     R = jax.tree.leaves(data.train)[0].shape[0]
     central = method in CENTRALISED
-    if central and overrides.get("num_malicious", 0):
+    if central and kwargs.get("num_malicious", 0):
         raise ValueError(f"{method} runs on one machine: there are no workers to corrupt (num_malicious must be 0)")
     config = method_config(
         method,
@@ -56,29 +51,12 @@ def run_method(
         num_active=1 if central else num_active,
         max_staleness=max_staleness,
         **shapes,
-        **overrides,
+        **kwargs,
     )
     if central:
         data = pooled(data)
         delay = dataclasses.replace(delay, scale=delay.scale * R)
-    result = simulate(
-        config,
-        feedback_fn,
-        data,
-        test_queries,
-        delay,
-        iterations=iterations,
-        seed=seed,
-        history_path=history_path,
-        progress=progress,
-        target_validation_accuracy=target_validation_accuracy,
-        eval_every=eval_every,
-        status=status,
-        checkpoint=checkpoint,
-        checkpoint_every=checkpoint_every,
-        resume=resume,
-        checkpoint_extra=checkpoint_extra,
-    )
+    result = simulate(config, feedback_fn, data, test_queries, delay, **simulate_kwargs)
     return result, config
 
 

