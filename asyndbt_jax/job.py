@@ -221,8 +221,8 @@ def run_job(cfg: JobConfig, *, resume: bool = False) -> dict:
     M, T = cfg.fragment_words, len(split.test)
     tuned = cfg.method in METHODS
     baseline_cost = T * (2 + (cfg.method == "kate"))
-    one_iteration = cfg.workers * cfg.samples * validation.shape[1]
-    evaluation = cfg.workers * (validation.shape[1] + T)
+    one_iteration = cfg.workers * (cfg.samples + 1) * validation.shape[1]
+    evaluation = cfg.workers * (validation.shape[1] + T)  # the test evaluation; validation's is in every step
     if cfg.budget is not None and cfg.budget < baseline_cost + tuned * (one_iteration + evaluation):
         raise ValueError(f"--budget {cfg.budget} is too small: the baselines score {baseline_cost} prompts"
                          + (f" and one iteration with its evaluation up to {one_iteration + evaluation}" if tuned else ""))
@@ -272,7 +272,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False) -> dict:
             cfg.method, feedback, Data(jnp.asarray(train), jnp.asarray(validation)), jnp.asarray(split.test), delay,
             shapes=shapes, iterations=cfg.iterations, num_active=cfg.active, max_staleness=cfg.staleness,
             seed=cfg.seed, history_path=str(out / "history.jsonl"), progress=cfg.progress,
-            eval_every=cfg.iterations, num_samples=cfg.samples, lower_rounds=cfg.lower_rounds,
+            eval_every=1, test_every=cfg.iterations, num_samples=cfg.samples, lower_rounds=cfg.lower_rounds,
             lr_fragment=cfg.lr, lr_demos=cfg.lr, num_malicious=cfg.malicious, attack=cfg.attack,
             aggregator=cfg.aggregator, status=feedback.status, checkpoint=str(checkpoint),
             checkpoint_every=cfg.checkpoint_every, resume=resume, stop=near_budget,

@@ -240,6 +240,7 @@ def simulate(
     iterations: int,
     seed: int = 0,
     eval_every: int = 10,
+    test_every: int | None = None,
     target_validation_accuracy: float | None = None,
     history_path: str | None = None,
     progress: bool = True,
@@ -260,7 +261,10 @@ def simulate(
       delay: worker delay model.
       iterations: number of server iterations (the first one is the broadcast at time 0).
       seed: seeds the JAX key and the delay generator.
-      eval_every: evaluate validation/test accuracy every this many iterations (and last).
+      eval_every: evaluate validation accuracy every this many iterations (and last).
+      test_every: evaluate test accuracy every this many iterations (and last); default
+        ``eval_every``. An LLM run evaluates validation often (each worker's own small
+        batch) and the large test set rarely.
       target_validation_accuracy: stop as soon as mean validation accuracy reaches it.
       history_path: write one JSON line per iteration here.
       progress: a progress line on stderr (iteration, virtual time, accuracies, queries,
@@ -288,6 +292,9 @@ def simulate(
         raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
     if eval_every < 1:
         raise ValueError(f"eval_every must be >= 1, got {eval_every!r}")
+    test_every = eval_every if test_every is None else test_every
+    if test_every < 1:
+        raise ValueError(f"test_every must be >= 1, got {test_every!r}")
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every!r}")
     if resume and checkpoint is None:
@@ -306,7 +313,7 @@ def simulate(
     val_acc = test_acc = float("nan")
     first = 0
     run_id = {"config": repr(config), "delay": repr(delay), "iterations": iterations, "seed": seed,
-              "eval_every": eval_every, "target_validation_accuracy": target_validation_accuracy}
+              "eval_every": eval_every, "test_every": test_every, "target_validation_accuracy": target_validation_accuracy}
     if resume:
         if not Path(checkpoint).exists():
             raise FileNotFoundError(f"no checkpoint to resume from at {checkpoint}")
@@ -354,11 +361,13 @@ def simulate(
             if stopped:
                 record["stopped"] = True
             last = it == iterations - 1 or stopped
-            if it % eval_every == 0 or last:
-                # accuracy of the benign workers' prompts (malicious workers' own prompts do not count)
-                val_acc = float(jnp.mean(evaluate_jit(config, feedback_fn, state, data.validation)[benign]))
+            # accuracies of the benign workers' prompts (malicious workers' own prompts do not count)
+            if it % test_every == 0 or last:
                 test_acc = float(jnp.mean(evaluate_jit(config, feedback_fn, state, test_queries)[benign]))
-                record.update(validation_accuracy=val_acc, test_accuracy=test_acc)
+                record["test_accuracy"] = test_acc
+            if it % eval_every == 0 or last:
+                val_acc = float(jnp.mean(evaluate_jit(config, feedback_fn, state, data.validation)[benign]))
+                record["validation_accuracy"] = val_acc
                 if target_validation_accuracy is not None and reached is None and val_acc >= target_validation_accuracy:
                     reached = clock.time
             history.append(record)

@@ -175,3 +175,13 @@ def test_nearest_demos_picks_the_most_similar_candidate_per_class():
     candidates = np.stack([np.stack([e[0], e[1]]), np.stack([e[2], e[3]])])  # [U=2, V=2, d=4]
     queries = np.stack([e[1], (e[0] + e[3]) / np.sqrt(2)])
     assert nearest_demos(queries, candidates).tolist() == [[1, 0], [0, 1]]
+
+
+@pytest.mark.slow
+def test_a_budget_stops_tuning_before_it_is_overrun(tmp_path, capsys):
+    args = ["run", "--json", *TINY, "--iterations", "7", "--out", str(tmp_path / "b"), "--cache", str(tmp_path / "r.sqlite")]
+    assert main([*args, "--budget", "200"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["stopped_by_budget"] and 1 <= out["iterations"] < 7 and out["llm_prompts"] <= 200
+    history = [json.loads(line) for line in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
+    assert history[-1]["stopped"] and "test_accuracy" in history[-1] and len(history) == out["iterations"]
