@@ -223,6 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     run.add_argument("--task", help=f"task (default {DEFAULTS['task']}; with --glue-dir: a GLUE task)")
     run.add_argument("--glue-dir", help="read the task from GLUE-format TSVs in this folder")
+    run.add_argument("--train-file", help="your own task: labelled examples in a .csv, .tsv (header row) or .jsonl file")
+    run.add_argument("--test-file", help="your own task's test examples (default: drawn from --train-file)")
+    run.add_argument("--fields", help=f"the text column(s) the prompt shows, comma-separated (default {DEFAULTS['fields']})")
+    run.add_argument("--label-field", help=f"the label column (default {DEFAULTS['label_field']})")
+    run.add_argument("--label-words", help="file label=answer word per class, in class order, e.g. 'neg=Terrible,pos=Great'")
+    run.add_argument("--template", help="the example block, with {field} slots and {note} for the fragment "
+                                        "(default: a 'field: {field}' line per field)")
     run.add_argument("--method", help=f"{'|'.join(job_methods())} (default {DEFAULTS['method']})")
     run.add_argument("--model", help=f"local model name, .gguf or folder; with --base-url the served name (default {DEFAULTS['model']})")
     run.add_argument("--base-url", help="an OpenAI-compatible endpoint to use instead of the local model")

@@ -41,6 +41,12 @@ class JobConfig:
     model: str = "gemma3-270m"
     base_url: str | None = None  # an OpenAI-compatible endpoint instead of the local model
     glue_dir: str | None = None  # read the task from GLUE TSVs instead of the registry
+    train_file: str | None = None  # the user's own task (CSV/TSV/JSONL; see asyndbt_jax.tasks.files)
+    test_file: str | None = None  # its test examples (default: drawn from train_file)
+    fields: str = "text"  # the text column(s) the prompt shows, comma-separated
+    label_field: str = "label"
+    label_words: str | None = None  # file label=answer word, comma-separated, in class order
+    template: str | None = None  # the example block with {field} slots and {note}
     workers: int = 3
     active: int = 2
     staleness: int = 4
@@ -102,6 +108,12 @@ def read_config_file(path: str) -> dict:
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path} is not valid TOML: {exc}") from exc
     values = {k.replace("-", "_"): v for k, v in raw.items()}
+    # lists and tables read naturally in TOML: fields = ["question", "sentence"],
+    # label_words = {neg = "Terrible", pos = "Great"}
+    if isinstance(values.get("fields"), list):
+        values["fields"] = ",".join(map(str, values["fields"]))
+    if isinstance(values.get("label_words"), dict):
+        values["label_words"] = ",".join(f"{k}={v}" for k, v in values["label_words"].items())
     valid = set(DEFAULTS) - {"progress"}
     unknown = sorted(set(values) - valid)
     if unknown:
@@ -115,13 +127,26 @@ def _log(cfg: JobConfig, msg: str) -> None:
 
 
 def load_task(cfg: JobConfig):
+    """``(data, test_pool)``: the task's examples, and the indices reserved for test (a test
+    file) or ``None``."""
     from .tasks import GLUE, REGISTRY, load_glue, prepare
+    from .tasks.files import load_user_task
 
+    if cfg.train_file:
+        if cfg.glue_dir:
+            raise ValueError("give either --train-file (your own task) or --glue-dir, not both")
+        if not cfg.label_words:
+            raise ValueError("a task from --train-file needs --label-words, e.g. 'neg=Terrible,pos=Great'")
+        return load_user_task(cfg.train_file, fields=cfg.fields, label_words=cfg.label_words,
+                              label_field=cfg.label_field, template=cfg.template, test_file=cfg.test_file)
+    if cfg.test_file:
+        raise ValueError("--test-file goes with --train-file")
     if cfg.glue_dir:
-        return load_glue(cfg.glue_dir, cfg.task, "train")
+        return load_glue(cfg.glue_dir, cfg.task, "train"), None
     if cfg.task not in REGISTRY:
-        raise ValueError(f"unknown task {cfg.task!r}; known: {sorted(REGISTRY)} (or --glue-dir with {sorted(GLUE)})")
-    return prepare(cfg.task, log=lambda m: _log(cfg, m))
+        raise ValueError(f"unknown task {cfg.task!r}; known: {sorted(REGISTRY)} (or --glue-dir with {sorted(GLUE)}, "
+                         "or your own --train-file)")
+    return prepare(cfg.task, log=lambda m: _log(cfg, m)), None
 
 
 def make_scorer(cfg: JobConfig):
@@ -197,18 +222,19 @@ def run_job(cfg: JobConfig, *, resume: bool = False) -> dict:
     if not 0 <= cfg.malicious < cfg.workers:
         raise ValueError(f"--malicious (B={cfg.malicious}) must be between 0 and --workers - 1 ({cfg.workers - 1})")
     delay = parse_delay(cfg.delay)
-    out = Path(cfg.out or f"runs/{cfg.task}-{cfg.method}-seed{cfg.seed}")
+    task_name = Path(cfg.train_file).stem if cfg.train_file else cfg.task
+    out = Path(cfg.out or f"runs/{task_name}-{cfg.method}-seed{cfg.seed}")
     checkpoint = out / "checkpoint.npz"
     if resume:
         if cfg.method in METHODS and not checkpoint.exists():
             raise FileNotFoundError(f"{out} has no checkpoint yet (the run stopped before its first iteration "
                                     "ended): start it again without --resume")
-    else:
-        _claim(out, cfg)
     started = time.perf_counter()
 
-    data = load_task(cfg)
-    split = paper_split(data, seed=cfg.seed, test=cfg.test_size)
+    data, test_pool = load_task(cfg)  # every data problem is reported before the run folder is touched
+    split = paper_split(data, seed=cfg.seed, test=cfg.test_size, test_pool=test_pool)
+    if not resume:
+        _claim(out, cfg)
     for note in split.notes:
         _log(cfg, f"note: {note}")
     train = partition_workers(split.train, data.labels, cfg.workers, alpha=cfg.alpha, seed=cfg.seed)

@@ -18,12 +18,6 @@ FIXTURE = Path(__file__).parent / "fixtures" / "glue"
 REAL_GLUE = Path(os.environ.get("ASYNDBT_GLUE_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "glue")
 
 
-@pytest.fixture
-def tmp_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("ASYNDBT_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
-
-
 def test_pmi_vocabulary_glues_strong_pairs_and_ranks_by_frequency():
     """By hand: 51 adjacent pairs; PMI(new, york) = log(51·8/(8·8)) = 1.85, PMI(york, is) =
     log(51·8/(8·15)) = 1.22, PMI(the, city) = 1.99 and PMI(city, is) = 1.22 reach 1 and are

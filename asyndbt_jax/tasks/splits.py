@@ -47,28 +47,38 @@ class TaskSplit:
 
 
 def paper_split(data: LabelledData, *, seed: int = 0, train: int = 10, validation: int = 10, candidates: int = 50,
-                test: int = 200, vocabulary_size: int = 100, **vocab_kwargs) -> TaskSplit:
+                test: int = 200, vocabulary_size: int = 100, test_pool=None, **vocab_kwargs) -> TaskSplit:
     """Draw the paper's split of ``data`` (per class ``train``, ``validation``, ``candidates``;
     ``test`` in all). The vocabulary is built from every example outside the test set.
+    ``test_pool``: example indices reserved for the test draw (a separate test file); the
+    other draws then come from the remaining examples only.
 
     Raises:
       ValueError: a class with fewer examples than ``train + validation + candidates + 1``
-        (the message names the class and both sizes).
+        (``+ 0`` with a ``test_pool``; the message names the class and both sizes).
     """
     rng = np.random.default_rng(seed)
     U = data.num_classes
     need = train + validation + candidates
-    counts = data.class_counts()
+    reserved = np.zeros(len(data.labels), bool)
+    if test_pool is not None:
+        reserved[np.asarray(test_pool, np.int64)] = True
+    counts = np.bincount(data.labels[~reserved], minlength=U)
+    spare = 0 if test_pool is not None else 1  # without a test file, test is drawn from the same examples
     for u in range(U):
-        if counts[u] < need + 1:
-            raise ValueError(f"{data.name}: class {u} ({data.template.answers[u]!r}) has {counts[u]} examples; "
-                             f"the split needs {need} (train {train} + validation {validation} + candidates "
-                             f"{candidates}) plus at least 1 for test")
-    per_class = [rng.permutation(np.flatnonzero(data.labels == u)) for u in range(U)]
+        if counts[u] < need + spare:
+            where = " outside the test file" if test_pool is not None else ""
+            raise ValueError(f"{data.name}: class {u} ({data.template.answers[u]!r}) has {counts[u]} examples{where}"
+                             f"; the split needs {need} (train {train} + validation {validation} + candidates "
+                             f"{candidates})" + (" plus at least 1 for test" if spare else ""))
+    per_class = [rng.permutation(np.flatnonzero((data.labels == u) & ~reserved)) for u in range(U)]
     tr = np.concatenate([p[:train] for p in per_class])
     va = np.concatenate([p[train : train + validation] for p in per_class])
     cand = np.stack([p[train + validation : need] for p in per_class])
-    rest = [p[need:] for p in per_class]
+    if test_pool is None:
+        rest = [p[need:] for p in per_class]
+    else:
+        rest = [rng.permutation(np.flatnonzero((data.labels == u) & reserved)) for u in range(U)]
     want = [test // U + (u < test % U) for u in range(U)]
     notes = []
     take = [min(w, len(r)) for w, r in zip(want, rest)]
