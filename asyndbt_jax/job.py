@@ -159,7 +159,8 @@ def make_scorer(cfg: JobConfig):
     return LocalScorer(cfg.model)
 
 
-def _differences(old: dict, new: dict) -> list[str]:
+def differences(old: dict, new: dict) -> list[str]:
+    """The result-changing settings in which two configurations (as dicts) differ, as ``name=old (now new)``."""
     return [f"{k}={old.get(k)!r} (now {new[k]!r})" for k in sorted(new)
             if k not in _NOT_RESULTS and old.get(k) != new[k]]
 
@@ -174,7 +175,7 @@ def _claim(out: Path, cfg: JobConfig) -> None:
         except json.JSONDecodeError:
             raise ValueError(f"{out} holds an unreadable config.json; choose another --out or remove it "
                              "(nothing was overwritten)") from None
-        differ = _differences(old, dataclasses.asdict(cfg))
+        differ = differences(old, dataclasses.asdict(cfg))
         if differ:
             raise ValueError(f"{out} holds a run with other settings: {', '.join(differ)}; choose another --out, "
                              "remove it, or --resume it (nothing was overwritten)")
@@ -191,16 +192,17 @@ def resume_config(run_dir: str, given: dict) -> JobConfig:
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} holds no run to resume (no config.json)")
     stored = json.loads(path.read_text())
-    differ = _differences(stored, {**stored, **given})
+    differ = differences(stored, {**stored, **given})
     if differ:
         raise ValueError(f"{run_dir} is a run with other settings: {', '.join(differ)}; --resume continues a run "
                          "as it was configured (nothing was overwritten)")
     return JobConfig(**{**stored, **given, "out": str(run_dir)})
 
 
-def run_job(cfg: JobConfig, *, resume: bool = False) -> dict:
+def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
     """Run the job (or continue it from its checkpoint with ``resume``); returns the result
-    object (also written to ``<out>/result.json``)."""
+    object (also written to ``<out>/result.json``). ``scorer``: reuse a loaded scorer (it
+    must be the one ``cfg`` names; e.g. across the runs of a grid), else one is made."""
     import jax.numpy as jnp
 
     from . import baselines
@@ -253,7 +255,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False) -> dict:
         raise ValueError(f"--budget {cfg.budget} is too small: the baselines score {baseline_cost} prompts"
                          + (f" and one iteration with its evaluation up to {one_iteration + evaluation}" if tuned else ""))
 
-    scorer = make_scorer(cfg)
+    scorer = scorer or make_scorer(cfg)
     cache = ResponseCache(cfg.cache or cache_root() / "responses.sqlite")
     feedback = LLMFeedback(task, scorer, cache=cache)
 
