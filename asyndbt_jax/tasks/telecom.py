@@ -637,7 +637,7 @@ def _ordinary_word_clash(text: str, names) -> bool:
 def _tidy(text: str) -> str:
     text = " ".join(text.split())
     for _ in range(3):
-        text = re.sub(r"\(\s*[,;]?\s*\)", "", text)
+        text = re.sub(r"\(\s*[,;]?\s*\)|\[\s*[,;]?\s*\]", "", text)
         text = re.sub(r"\(\s*[,;]\s*", "(", text)
         text = re.sub(r"\s*[,;]\s*\)", ")", text)
         text = re.sub(r"([,;])\s*(?:[,;]\s*)+", r"\1 ", text)
@@ -678,9 +678,10 @@ def foldoc_context(entry: FoldocEntry, cut: set, graph: TermGraph, cut_surfaces=
     text = _DATE.sub("", entry.text)
     text = _CATEGORY.sub("", text)
     text = re.sub(r"(?m)^\s*<[^<>\n]+>\s*", "", text)
+    text = re.sub(r"<[A-Za-z][A-Za-z ,/-]*>", "", text)  # "(IVR) <communications> A ..."
     text = re.sub(r"(?m)^\s*(\d+)\.\s+<[^<>\n]+>", r"\1.", text)
     text = re.sub(r"(?m)^\s*\d+\.\s+", "", text)
-    text = re.sub(r"\{\s*\([^{}]*\)\s*\}", "", text)  # {(http://...)}
+    text = re.sub(r"\{[^{}]*://[^{}]*\}", "", text)  # {(http://...)}, {"Title" (http://...)}
     text = re.sub(r"\{(?:news|mailto):[^{}]*\}", "", text)
     text = re.sub(r"\(?(?:https?|ftp)://\S+", "", text)
     text = re.sub(r"(?im)^.*\b(?:Usenet newsgroups?|Home|E-?mail|Mailing list|FAQ)\b:.*$", "", text)
