@@ -32,7 +32,7 @@ def test_quick_run_then_a_free_rerun(tmp_path, capsys):
 
 @pytest.mark.parametrize("args, match", [
     (["--method", "magic"], r"unknown method 'magic'; known: \['manual', 'random-icl', 'kate', 'asyndbt'"),
-    (["--task", "imdb"], r"unknown task 'imdb'; known: \['mr'\]"),
+    (["--task", "imdb"], r"unknown task 'imdb'; known: \[.*'mr'.*'qnli'.*\]"),
     (["--workers", "2", "--active", "3"], r"--active \(S=3\) must be between 1 and --workers \(R=2\)"),
     (["--attack", "bribe"], r"unknown attack 'bribe'; known: \['none'"),
     (["--aggregator", "vote"], r"unknown aggregator 'vote'; known: \['sign_consensus'"),
