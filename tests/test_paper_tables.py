@@ -1,0 +1,46 @@
+"""benchmarks/paper_tables.py tabulates finished run folders (issue 8): cells are mean ±
+std over seeds with their count, the paper's numbers sit beside ours, and only runs whose
+settings match the grid count."""
+
+import dataclasses
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from asyndbt_jax.job import JobConfig
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_tables.py"
+
+
+def fake_run(runs, method, seed, acc, **config):
+    out = runs / f"mr-{method}-seed{seed}"
+    out.mkdir(parents=True)
+    cfg = dataclasses.asdict(JobConfig(task="mr", method=method, seed=seed, out=str(out), **config))
+    result = {"task": "mr", "model": "gemma3-270m", "method": method, "seed": seed, "config": cfg,
+              "test_accuracy": {"manual": 0.5, "random-icl": 0.55, method: acc}, "llm_prompts": 400 + seed,
+              "wall_seconds": 10.0}
+    (out / "result.json").write_text(json.dumps(result))
+
+
+def test_report_only_tables(tmp_path):
+    runs = tmp_path / "runs"
+    fake_run(runs, "manual", 0, 0.5)
+    fake_run(runs, "manual", 1, 0.5)
+    fake_run(runs, "cendbt", 0, 0.6)
+    fake_run(runs, "cendbt", 1, 0.7)
+    fake_run(runs, "cendbt", 2, 0.9, iterations=3)  # other settings: not this grid's run
+    out = tmp_path / "results.md"
+    cmd = [sys.executable, str(SCRIPT), "--report-only", "--no-plots", "--json", "--tasks", "mr", "--methods",
+           "manual,cendbt,asyndbt", "--seeds", "3", "--runs-dir", str(runs), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["runs_total"] == 9 and summary["runs_done"] == 4 and summary["runs_run_now"] == 0
+    cendbt = summary["cells"]["mr"]["cendbt"]
+    assert cendbt["n"] == 2 and abs(cendbt["mean"] - 0.65) < 1e-9 and abs(cendbt["std"] - 0.0707107) < 1e-6
+    text = out.read_text()
+    assert "| method | SST-2 |" in text  # mr stands for the paper's SST-2 column
+    assert "| cendbt | 65.0 ± 7.1 (2) |" in text and "| *cendbt, paper* | *94.4* |" in text
+    assert "| asyndbt | — |" in text
+    assert "| both | 65.0 ± 7.1 (2) |" in text and "| neither | 50.0 ± 0.0 (2) |" in text
