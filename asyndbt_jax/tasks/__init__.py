@@ -4,7 +4,7 @@ few-shot splits, worker partitions and the PMI fragment vocabulary (issue 8)."""
 from .data import BUILT, GLUE, REGISTRY, Builder, LabelledData, data_dir, fetch_package, known_tasks, load_glue, prepare
 from .splits import TaskSplit, paper_split, partition_workers, pmi_vocabulary
 
-from . import bigbench  # noqa: E402,F401  (registers linzen, qnli, squad-pairs, turk)
+from . import bigbench, telecom  # noqa: E402,F401  (register linzen, qnli, squad-pairs, turk; telecom)
 
 __all__ = ["BUILT", "GLUE", "REGISTRY", "Builder", "LabelledData", "TaskSplit", "data_dir", "fetch_package",
            "known_tasks", "load_glue", "paper_split", "partition_workers", "pmi_vocabulary", "prepare"]
