@@ -10,9 +10,11 @@ int label per example) with the task's prompt template. Two ways to get one:
   cache without touching the network.
 * :func:`load_glue` (route 2): standard GLUE-format TSVs from a folder of your own.
 
-Tasks so far: ``mr`` (Pang & Lee sentence polarity, the sentences SST was built from: the
-SST-2 substitute) from the registry; ``sst2``, ``cola``, ``mrpc``, ``qqp``, ``rte``, ``mr``,
-``subj`` from a GLUE folder.
+Registry tasks (:func:`known_tasks`): ``mr`` (Pang & Lee sentence polarity, the sentences
+SST was built from: the SST-2 substitute; here), ``linzen``, ``qnli``, ``squad-pairs``,
+``turk`` (:mod:`.bigbench`: the CoLA, QNLI, QQP and MRPC substitutes) and ``telecom``
+(:mod:`.telecom`: the 5G substitute). From a GLUE folder: ``sst2``, ``cola``, ``mrpc``,
+``qqp``, ``rte``, ``mr``, ``subj``.
 """
 
 from __future__ import annotations
