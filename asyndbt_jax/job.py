@@ -166,8 +166,9 @@ def differences(old: dict, new: dict) -> list[str]:
 
 
 def _claim(out: Path, cfg: JobConfig) -> None:
-    """Use ``out`` for this run unless it holds a run of a different configuration (then
-    nothing there is touched). Rerunning the same configuration starts it over."""
+    """Use ``out`` for this run unless it holds a run of a different configuration, or an
+    unfinished one (then nothing there is touched). Rerunning a finished configuration
+    starts it over."""
     previous = out / "config.json"
     if previous.exists():
         try:
@@ -179,6 +180,9 @@ def _claim(out: Path, cfg: JobConfig) -> None:
         if differ:
             raise ValueError(f"{out} holds a run with other settings: {', '.join(differ)}; choose another --out, "
                              "remove it, or --resume it (nothing was overwritten)")
+        if (out / "checkpoint.npz").exists() and not (out / "result.json").exists():
+            raise ValueError(f"{out} holds an unfinished run of these settings: continue it with "
+                             f"asyndbt run --resume {out}, or remove the folder to start over (nothing was overwritten)")
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("checkpoint.npz", "result.json", "history.jsonl"):
         (out / stale).unlink(missing_ok=True)

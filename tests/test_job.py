@@ -137,6 +137,9 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_state(tmp_path):
     proc.wait()
     at_kill = checkpoint_meta(killed / "checkpoint.npz")["next_iteration"]
     assert 3 <= at_kill < 7 and not (killed / "result.json").exists()
+    again = subprocess.run([*args, "--out", str(killed)], capture_output=True, text=True)
+    assert again.returncode != 0 and "holds an unfinished run of these settings" in again.stderr
+    assert checkpoint_meta(killed / "checkpoint.npz")["next_iteration"] == at_kill  # untouched
 
     resumed = subprocess.run([sys.executable, "-m", "asyndbt_jax.cli", "run", "--json", "--resume", str(killed)],
                              capture_output=True, text=True, check=True)
