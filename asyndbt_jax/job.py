@@ -299,7 +299,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
             return cfg.budget is not None and now + spent["max_step"] + evaluation > cfg.budget
 
         tuning_start = feedback.prompts
-        shapes = dict(num_fragment_words=M, vocab_size=len(split.vocabulary), num_classes=U, num_candidates=V)
+        shapes = dict(num_fragment_words=M, vocab_size=len(task.vocabulary), num_classes=U, num_candidates=V)
         result, config = run_method(
             cfg.method, feedback, Data(jnp.asarray(train), jnp.asarray(validation)), jnp.asarray(split.test), delay,
             shapes=shapes, iterations=cfg.iterations, num_active=cfg.active, max_staleness=cfg.staleness,
@@ -331,7 +331,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
             "final_validation_accuracy": result.final_validation_accuracy,
             # the tuned row: mean over the benign workers' own prompts (their demonstrations differ)
             "learned_demonstrations": learned,
-            "learned_fragment": " ".join(split.vocabulary[j] for j in words if j >= 0),
+            "learned_fragment": " ".join(task.vocabulary[j] for j in words if j >= 0 and task.vocabulary[j]),
             "virtual_time": result.virtual_time,
         })
     summary.update({

@@ -19,7 +19,8 @@ def test_quick_run_then_a_free_rerun(tmp_path, capsys):
     assert first["llm_prompts"] == sum(first["llm_prompts_by_method"].values()) and first["cache_misses"] > 0
     assert first["llm_prompts_by_method"]["manual"] == first["llm_prompts_by_method"]["random-icl"] == 20
     assert len(first["learned_demonstrations"]) == 3 and all(len(d) == 2 for d in first["learned_demonstrations"])
-    assert first["learned_fragment"]
+    # the fragment holds vocabulary n-grams only ("" = no word is never printed)
+    assert "  " not in first["learned_fragment"] and first["learned_fragment"] == first["learned_fragment"].strip()
     history = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
     assert len(history) == first["iterations"] == 3
     assert json.loads((tmp_path / "run" / "result.json").read_text())["test_accuracy"] == first["test_accuracy"]

@@ -42,8 +42,12 @@ def test_paper_split_is_disjoint_balanced_and_class_pure():
     again = paper_split(data, seed=3, train=2, validation=2, candidates=3, test=6, vocabulary_size=5, min_count=1, min_freq=1)
     assert all(np.array_equal(a, b) for a, b in zip(parts, [again.train, again.validation, again.candidates.ravel(), again.test]))
     task = s.prompt_task()
-    prefix, texts = task.render(demos=[0, 1], fragment_words=[0, 1], queries=s.test[:2])
+    assert task.vocabulary == ("",) + s.vocabulary  # entry 0 is "no word"
+    prefix, texts = task.render(demos=[0, 1], fragment_words=[0, 2], queries=s.test[:2])
     assert prefix.startswith("How is the sentiment of the sentence") and len(texts) == 2
+    assert "Note: the." in prefix and "Note:  " not in prefix
+    untrained, _ = task.render(demos=[0, 1], fragment_words=[0, 0], queries=s.test[:1])  # argmax of uniform
+    assert "Note" not in untrained and "Note" not in task.render([-1, -1], [0, 0], s.test[:1])[1][0]
 
     short = paper_split(data, train=2, validation=2, candidates=3, test=200, min_count=0, min_freq=0)
     assert len(short.test) == 10 and "test has 10 examples, not 200" in short.notes[0]

@@ -41,7 +41,8 @@ class PromptTask:
       labels: int ``[n]``, the class of every example.
       candidates: int ``[U, V]``, the demonstration candidates of each class (example
         indices; row ``u`` must all have label ``u``).
-      vocabulary: the ``N`` fragment words.
+      vocabulary: the ``N`` fragment words; an empty string is "no word" (a position that
+        renders nothing).
     """
 
     template: Template
@@ -80,7 +81,7 @@ class PromptTask:
         """Prompt of one configuration: ``demos[u]`` indexes class ``u``'s candidates (``-1``: none),
         ``fragment_words`` the vocabulary (``-1``: no word), ``queries`` the examples."""
         shown = [(self.examples[self.candidates[u, k]], u) for u, k in enumerate(demos) if k >= 0]
-        fragment = [self.vocabulary[j] for j in fragment_words if j >= 0]
+        fragment = [self.vocabulary[j] for j in fragment_words if j >= 0 and self.vocabulary[j]]  # "": no word
         return self.template.render(shown, fragment, [self.examples[i] for i in queries])
 
 

@@ -23,6 +23,10 @@ from ..llm.adapter import PromptTask
 from .data import LabelledData
 
 
+#: the fragment vocabulary's entry 0: "no word at this position" (see TaskSplit.prompt_task)
+EMPTY_WORD = ""
+
+
 @dataclass(frozen=True, eq=False)
 class TaskSplit:
     """Disjoint index sets into ``data`` and the fragment vocabulary.
@@ -43,7 +47,13 @@ class TaskSplit:
     notes: tuple = field(default=())
 
     def prompt_task(self) -> PromptTask:
-        return PromptTask(self.data.template, self.data.examples, self.data.labels, self.candidates, self.vocabulary)
+        """The task for the LLM feedback. Its fragment vocabulary is :data:`EMPTY_WORD`
+        followed by the PMI n-grams: a fragment position may stay empty, and since the
+        argmax of a uniform distribution is index 0, an untrained fragment decodes to no
+        note at all (not to the first n-gram repeated M times); a word enters the decoded
+        prompt only once the optimizer prefers it to leaving its position empty."""
+        return PromptTask(self.data.template, self.data.examples, self.data.labels, self.candidates,
+                          (EMPTY_WORD,) + tuple(self.vocabulary))
 
 
 def paper_split(data: LabelledData, *, seed: int = 0, train: int = 10, validation: int = 10, candidates: int = 50,
