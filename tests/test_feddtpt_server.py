@@ -504,3 +504,17 @@ def test_aggregate_rejects_bad_arguments():
         aggregate(tokens, mask, emb[:, :3])
     with pytest.raises(ValueError, match="mask"):
         aggregate(tokens, mask[:, :3], emb)
+
+
+def test_identical_uploads_merge_into_one_copy_of_each_word():
+    """Identical words are at distance exactly 0 (not Gram-form round-off), so when every
+    client uploads the same prompt the knee ε (0) still clusters them: no word repeats."""
+    rng = np.random.default_rng(0)
+    vocab = rng.normal(size=(7, 384)).astype(np.float32)
+    tokens = np.tile(np.arange(7), (4, 1))
+    mask = np.ones_like(tokens, bool)
+    out = aggregate(jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(vocab[tokens]), method="cluster")
+    chosen = np.asarray(out.tokens)[np.asarray(out.mask)]
+    assert chosen.tolist() == list(range(7)) and float(out.eps) == 0.0
+    d = np.asarray(pairwise_distances(jnp.asarray(vocab[tokens].reshape(-1, 384)), jnp.ones(28, bool)))
+    assert (d[np.equal.outer(tokens.ravel(), tokens.ravel())] == 0).all()

@@ -121,7 +121,8 @@ def _distances(x: jax.Array, mask: jax.Array) -> jax.Array:
 
     ``|a|² + |b|² - 2 a·b`` on points centred at the valid points' mean (centring shrinks the
     norms, hence the cancellation error of the Gram form; distances are translation
-    invariant). Entries involving padded rows are meaningless; callers mask them.
+    invariant); squared distances within round-off of zero are exactly zero, so identical
+    points are at distance 0. Entries involving padded rows are meaningless; callers mask them.
     """
     P = x.shape[0]
     count = jnp.maximum(jnp.sum(mask), 1).astype(x.dtype)
@@ -130,6 +131,10 @@ def _distances(x: jax.Array, mask: jax.Array) -> jax.Array:
     sq = jnp.sum(x * x, axis=-1)
     gram = jnp.matmul(x, x.T, precision=_HIGHEST)
     d2 = jnp.maximum(sq[:, None] + sq[None, :] - 2 * gram, 0)
+    # The Gram form leaves identical points ~sqrt(eps)·|x| apart (1e-4 for unit float32
+    # vectors), enough to put a knee ε of 0 below them: snap round-off to exact zeros.
+    tolerance = 8 * jnp.finfo(x.dtype).eps * (sq[:, None] + sq[None, :])
+    d2 = jnp.where(d2 <= tolerance, 0, d2)
     d2 = 0.5 * (d2 + d2.T)
     return jnp.where(jnp.eye(P, dtype=bool), 0, jnp.sqrt(d2))
 

