@@ -241,7 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--malicious", "-B", type=int, help="malicious workers B, the last B (default 0)")
     run.add_argument("--attack", help=f"what the malicious workers do: {'|'.join(ATTACKS)} (default none)")
     run.add_argument("--aggregator", help=f"server rule: {'|'.join(AGGREGATORS)} (default {DEFAULTS['aggregator']})")
-    run.add_argument("--iterations", type=int, help=f"server iterations (default {DEFAULTS['iterations']})")
+    run.add_argument("--feddtpt-client", help="feddtpt's client: feedback (the method), no-feedback or random "
+                                              f"(default {DEFAULTS['feddtpt_client']})")
+    run.add_argument("--feddtpt-server", help="feddtpt's server: cluster (the method), no-cluster, fedavg or kmeans "
+                                              f"(default {DEFAULTS['feddtpt_server']})")
+    run.add_argument("--iterations", type=int, help=f"server iterations; feddtpt: rounds (default {DEFAULTS['iterations']})")
     run.add_argument("--samples", type=int, help=f"sampled configurations per estimate, I (default {DEFAULTS['samples']})")
     run.add_argument("--fragment-words", type=int, help=f"fragment length M (default {DEFAULTS['fragment_words']}; paper 75)")
     run.add_argument("--lower-rounds", type=int, help=f"lower-level primal-dual rounds K (default {DEFAULTS['lower_rounds']})")

@@ -55,7 +55,9 @@ class JobConfig:
     malicious: int = 0  # the last B workers attack
     attack: str = "none"
     aggregator: str = "sign_consensus"
-    iterations: int = 25
+    feddtpt_client: str = "feedback"  # feddtpt's client: feedback | no-feedback | random
+    feddtpt_server: str = "cluster"  # feddtpt's server: cluster | no-cluster | fedavg | kmeans
+    iterations: int = 25  # server iterations; feddtpt: communication rounds
     samples: int = 4
     fragment_words: int = 10
     lower_rounds: int = 1
@@ -94,7 +96,7 @@ def job_methods() -> tuple[str, ...]:
     from .baselines import PROMPT_METHODS
     from .engine import METHODS
 
-    return PROMPT_METHODS + METHODS
+    return PROMPT_METHODS + METHODS + ("feddtpt",)
 
 
 def read_config_file(path: str) -> dict:
@@ -225,6 +227,15 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
         raise ValueError(f"unknown attack {cfg.attack!r}; known: {list(ATTACKS)}")
     if cfg.aggregator not in AGGREGATORS:
         raise ValueError(f"unknown aggregator {cfg.aggregator!r}; known: {list(AGGREGATORS)}")
+    if cfg.method == "feddtpt":
+        from .feddtpt import CLIENTS, METHODS as SERVERS
+
+        if cfg.feddtpt_client not in CLIENTS:
+            raise ValueError(f"unknown feddtpt client {cfg.feddtpt_client!r}; known: {list(CLIENTS)}")
+        if cfg.feddtpt_server not in SERVERS:
+            raise ValueError(f"unknown feddtpt server {cfg.feddtpt_server!r}; known: {list(SERVERS)}")
+        if cfg.malicious:
+            raise ValueError("feddtpt runs without malicious workers (--malicious 0)")
     if not 0 <= cfg.malicious < cfg.workers:
         raise ValueError(f"--malicious (B={cfg.malicious}) must be between 0 and --workers - 1 ({cfg.workers - 1})")
     delay = parse_delay(cfg.delay)
@@ -255,7 +266,13 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
     baseline_cost = T * (2 + (cfg.method == "kate"))
     one_iteration = cfg.workers * (cfg.samples + 1) * validation.shape[1]
     evaluation = cfg.workers * (validation.shape[1] + T)  # the test evaluation; validation's is in every step
-    if cfg.budget is not None and cfg.budget < baseline_cost + tuned * (one_iteration + evaluation):
+    if cfg.method == "feddtpt":  # no mid-run stop: the whole plan must fit
+        one_iteration = cfg.workers * (cfg.samples + 1) * (train.shape[1] + len(split.validation)) + len(split.validation)
+        need = baseline_cost + cfg.iterations * one_iteration + T
+        if cfg.budget is not None and cfg.budget < need:
+            raise ValueError(f"--budget {cfg.budget} is too small: feddtpt's {cfg.iterations} rounds and the "
+                             f"baselines may score up to {need} prompts (it checks its budget before starting)")
+    elif cfg.budget is not None and cfg.budget < baseline_cost + tuned * (one_iteration + evaluation):
         raise ValueError(f"--budget {cfg.budget} is too small: the baselines score {baseline_cost} prompts"
                          + (f" and one iteration with its evaluation up to {one_iteration + evaluation}" if tuned else ""))
 
@@ -288,6 +305,8 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
         "test_accuracy": accuracy,
         "llm_prompts_by_method": prompts,
     }
+    if cfg.method == "feddtpt":
+        summary.update(_run_feddtpt(cfg, task, scorer, cache, train, split, out, accuracy, prompts))
     if tuned:
         done = checkpoint_meta(checkpoint)["extra"]["prompts"] if resume else 0
         spent = {"max_step": 0, "last": baseline_cost + done}
@@ -348,6 +367,31 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
     return summary
 
 
+def _run_feddtpt(cfg: JobConfig, task, scorer, cache, train, split, out: Path, accuracy: dict, prompts: dict) -> dict:
+    """FedDTPT on the job's workers (its clients), the validation split as the small balanced
+    public set, ``iterations`` rounds of ``samples`` proposals each; no checkpoints (a resumed
+    run reruns it, its LLM scores answered from the response cache)."""
+    from .feddtpt import ClientConfig, LocalProposer, OpenAIProposer, ServerConfig, run_feddtpt
+
+    proposer = None
+    if cfg.feddtpt_client != "random":
+        proposer = OpenAIProposer(cfg.model, base_url=cfg.base_url) if cfg.base_url else LocalProposer(scorer.loaded)
+    result = run_feddtpt(
+        task, scorer, train, split.validation, split.test, rounds=cfg.iterations,
+        client=ClientConfig(kind=cfg.feddtpt_client, num_candidates=cfg.samples, max_length=cfg.fragment_words),
+        server=ServerConfig(method=cfg.feddtpt_server), proposer=proposer, cache=cache, seed=cfg.seed,
+        progress=cfg.progress, history_path=out / "history.jsonl",
+    )
+    accuracy["feddtpt"] = result.test_accuracy
+    prompts["feddtpt"] = result.llm_prompts
+    return {"rounds": result.rounds, "learned_fragment": result.prompt_text,
+            "final_public_accuracy": result.public_accuracy,
+            "communication": {k: getattr(result, k) for k in ("upload_tokens", "upload_bytes", "download_tokens",
+                                                              "download_bytes")},
+            "proposer": {k: getattr(result, k) for k in ("proposer_calls", "parse_failures", "proposer_errors",
+                                                         "skipped")}}
+
+
 def table(summary: dict) -> str:
     """The job's closing table, in plain text."""
     acc = summary["test_accuracy"]
@@ -360,6 +404,8 @@ def table(summary: dict) -> str:
     if summary.get("stopped_by_budget"):
         lines.append(f"  (stopped by the budget after {summary['iterations']} iterations)")
     if not tuned:
+        if "learned_fragment" in summary:  # feddtpt: a global note, no demonstrations
+            lines += ["", "learned prompt (the global note):", f"  {summary['learned_fragment'] or '(none)'}"]
         lines += ["", f"{summary['llm_prompts']} prompts scored ({summary['cache_hits']} cache hits), "
                       f"{summary['wall_seconds']:.0f} s; results in {summary['out']}"]
         return "\n".join(lines)

@@ -189,3 +189,20 @@ def test_a_budget_stops_tuning_before_it_is_overrun(tmp_path, capsys):
     assert out["stopped_by_budget"] and 1 <= out["iterations"] < 7 and out["llm_prompts"] <= 200
     history = [json.loads(line) for line in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
     assert history[-1]["stopped"] and "test_accuracy" in history[-1] and len(history) == out["iterations"]
+
+
+@pytest.mark.slow
+def test_feddtpt_is_a_method_of_the_job(tmp_path, capsys):
+    """``--method feddtpt`` (random-replacement client: no proposer, so it is quick) reports
+    its accuracy, prompts, global note and communication like every other method."""
+    assert main(["run", "--json", *TINY, "--iterations", "2", "--method", "feddtpt", "--feddtpt-client", "random",
+                 "--feddtpt-server", "no-cluster", "--out", str(tmp_path / "f"),
+                 "--cache", str(tmp_path / "r.sqlite")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["test_accuracy"]) == {"manual", "random-icl", "feddtpt"} and out["rounds"] == 2
+    assert out["llm_prompts_by_method"]["feddtpt"] > 0 and out["communication"]["upload_tokens"] > 0
+    assert isinstance(out["learned_fragment"], str)
+    history = (tmp_path / "f" / "history.jsonl").read_text().splitlines()
+    assert len(history) == 3  # round 0 (the initial prompt) and two rounds
+    with pytest.raises(SystemExit, match=r"unknown feddtpt server 'dbscan'; known: \['cluster'"):
+        main(["run", "--json", *TINY, "--method", "feddtpt", "--feddtpt-server", "dbscan", "--out", str(tmp_path / "g")])
