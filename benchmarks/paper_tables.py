@@ -39,7 +39,7 @@ from asyndbt_jax.reporting import load_run, plot_runs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 GLUE_DIR = ROOT.parent / "shared" / "data" / "glue"
-METHODS = ("manual", "random-icl", "kate", "bdpl", "demos-only", "cendbt", "fedone", "sync", "asyndbt")
+METHODS = ("manual", "random-icl", "kate", "bdpl", "demos-only", "cendbt", "fedone", "feddtpt", "sync", "asyndbt")
 PAPER_COLUMNS = ("5G", "CoLA", "SST-2", "MRPC", "QQP", "QNLI")
 # our task for each paper column: (with GLUE files, without)
 COLUMN_TASKS = {"5G": ("telecom", "telecom"), "CoLA": ("glue:cola", "linzen"), "SST-2": ("glue:sst2", "mr"),
