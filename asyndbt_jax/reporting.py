@@ -26,6 +26,10 @@ class Run:
     @property
     def label(self) -> str:
         c = self.result.get("config", {})
+        from .engine import CENTRALISED
+
+        if self.result["method"] in CENTRALISED:  # one machine holding every worker's data
+            return f"{self.path.name}: {self.result['method']} (centralised)"
         return f"{self.path.name}: {self.result['method']} R={c.get('workers')} S={c.get('active')}"
 
 
