@@ -95,7 +95,6 @@ V.E.R.A.) and 262 unrelated examples: enough for the paper's 70 per class plus a
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
 import re
@@ -112,7 +111,7 @@ from pathlib import Path
 import numpy as np
 
 from ..llm.prompts import PAPER_TEMPLATES
-from .data import BUILT, Builder, LabelledData
+from .data import BUILT, Builder, LabelledData, _sha256
 
 # ---------------------------------------------------------------------------- fetching
 
@@ -152,14 +151,6 @@ VERA = DebPackage(
     sha256="11d2bf94c326761131a7707807e66a05e65bc984d1a351fd8ca1cd77ac8ee8db",
     members=("usr/share/dictd/vera.index", "usr/share/dictd/vera.dict.dz"),
 )
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _apt_download(pkg: DebPackage, into: Path, log) -> bool:
