@@ -43,7 +43,7 @@ from . import cuts as cutlib
 from ._checks import per_worker
 from .estimators import selection_gradient
 from .feedback import Feedback
-from .lower_level import LowerLevelState, PrimalDualHyperparams, primal_dual_rounds, server_consensus_step
+from .lower_level import LowerLevelState, PrimalDualHyperparams, primal_dual_round, primal_dual_rounds, server_consensus_step
 from .optim import project_onto_simplex
 from .simplex import project_simplex
 from .selection import Configuration, SelectionVariables, decode, init_selection, sample_configurations
@@ -353,8 +353,9 @@ def init_state(config: AsynDBTConfig, key: jax.Array) -> EngineState:
     return EngineState(workers, server, key, jnp.asarray(malicious_mask(config)))
 
 
-def _scored_config(config: AsynDBTConfig, selection: SelectionVariables, key) -> Configuration:
-    sampled = sample_configurations(key, selection, config.num_samples)
+def _scored_config(config: AsynDBTConfig, selection: SelectionVariables, key, rows=None) -> Configuration:
+    rows_of = None if rows is None else (config.num_workers, rows)
+    sampled = sample_configurations(key, selection, config.num_samples, rows_of=rows_of)
     if not config.use_fragment:
         sampled = sampled._replace(fragment_words=jnp.full_like(sampled.fragment_words, -1))
     if not config.use_demos:
@@ -370,7 +371,7 @@ def _masked_gradient(config: AsynDBTConfig, selection, sampled, losses) -> Selec
     )
 
 
-def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, replied, queries, key, malicious):
+def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, replied, queries, key, malicious, rows=None):
     """Every replied worker computes its next upper-level update (spec §6, worker side).
 
     Samples ``I`` configurations, scores them on ``queries`` (validation batch), estimates
@@ -378,11 +379,16 @@ def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, r
     the fragment gradient and takes the projected Adam step. Workers not replied keep
     their state.
 
+    Args:
+      rows: int ``[G]``: the arrays hold only workers ``rows`` of the ``R`` (leading axis
+        ``G``), as a worker process of the real runtime does; they draw exactly what those
+        rows draw in the batched step. ``None``: all ``R`` workers.
+
     Returns:
       ``(new_workers, mean_loss [R])``.
     """
     k_poison = jax.random.fold_in(key, 1)  # a separate stream: attack-free runs are unchanged
-    sampled = _scored_config(config, workers.selection, key)
+    sampled = _scored_config(config, workers.selection, key, rows)
     losses = _scored_losses(config, feedback_fn, sampled, queries, k_poison, malicious, replied)  # [R, I]
     grads = _clip_per_worker(_masked_gradient(config, workers.selection, sampled, losses), config.max_norm)
     grads = grads._replace(fragment_probs=grads.fragment_probs + force)
@@ -397,15 +403,21 @@ def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, r
     return new_workers, jnp.mean(losses, axis=-1)
 
 
-def _lower_level_gradient(config, feedback_fn, demo_probs, train_queries, malicious):
-    def grad_fn(key, fragment_probs):
-        selection = SelectionVariables(fragment_probs, demo_probs)
-        k_poison = jax.random.fold_in(key, 1)
-        sampled = _scored_config(config, selection, key)
-        losses = _scored_losses(config, feedback_fn, sampled, train_queries, k_poison, malicious)
-        return _masked_gradient(config, selection, sampled, losses).fragment_probs
+def lower_gradient(config, feedback_fn, demo_probs, fragment_probs, train_queries, key, malicious, rows=None):
+    """The workers' black-box gradient ``∇̂g`` of the training loss at ``fragment_probs``
+    (spec §4, one primal-dual round's worker side), on their own training batches.
 
-    return grad_fn
+    ``rows``: as in :func:`worker_reply` (a subset of the workers, drawing what they draw
+    in the batched refresh)."""
+    selection = SelectionVariables(fragment_probs, demo_probs)
+    k_poison = jax.random.fold_in(key, 1)
+    sampled = _scored_config(config, selection, key, rows)
+    losses = _scored_losses(config, feedback_fn, sampled, train_queries, k_poison, malicious)
+    return _masked_gradient(config, selection, sampled, losses).fragment_probs
+
+
+def _lower_level_gradient(config, feedback_fn, demo_probs, train_queries, malicious):
+    return lambda key, fragment_probs: lower_gradient(config, feedback_fn, demo_probs, fragment_probs, train_queries, key, malicious)
 
 
 def _primal_dual_hp(config: AsynDBTConfig) -> PrimalDualHyperparams:
@@ -419,6 +431,22 @@ def _refresh(config, feedback_fn, server: ServerState, demo_probs, train_queries
     everyone = jnp.ones((config.num_workers,), bool)
     grad_fn = _lower_level_gradient(config, feedback_fn, demo_probs, train_queries, malicious)
     phi = primal_dual_rounds(start, grad_fn, key, config.lower_rounds, everyone, hp, consensus_step(config))
+    return refresh_cuts(config, server, phi)
+
+
+def refresh_start(server: ServerState) -> LowerLevelState:
+    """Where a refresh's primal-dual rounds start: every worker's latest ``p``, ``z``, ``ρ``."""
+    return LowerLevelState(server.received, server.consensus, server.duals)
+
+
+def refresh_round(config: AsynDBTConfig, lower: LowerLevelState, grad, mask) -> LowerLevelState:
+    """One primal-dual round of a refresh given the workers' gradients ``grad [R, M, N]``
+    (the server-side math of spec §4; the real runtime gathers ``grad`` from its workers)."""
+    return primal_dual_round(lower, grad, mask, _primal_dual_hp(config), consensus_step(config))
+
+
+def refresh_cuts(config: AsynDBTConfig, server: ServerState, phi: LowerLevelState) -> ServerState:
+    """Add a cut where the gap to the lower-level estimate ``φ`` exceeds ``ε``; keep ``φ``'s duals (spec §5)."""
     new_cuts, _ = cutlib.add_cuts(
         server.cuts,
         server.received,
@@ -430,6 +458,37 @@ def _refresh(config, feedback_fn, server: ServerState, demo_probs, train_queries
         combine=worker_sum(config),
     )
     return server._replace(cuts=new_cuts, duals=phi.duals)
+
+
+def server_receive(config: AsynDBTConfig, server: ServerState, p, arrived) -> tuple[ServerState, jax.Array]:
+    """Steps 1–2 of a server iteration: accept the arrived messages ``p [R, M, N]`` (a
+    non-finite one is rejected and counted), then the server's ``z`` and cut-dual ``λ``
+    updates over every worker's latest copy (spec §6, server side).
+
+    Returns:
+      ``(server, num_rejected)``; ``staleness`` and ``iteration`` are left to the caller.
+    """
+    R = config.num_workers
+    finite = jnp.all(jnp.isfinite(p), axis=(1, 2))
+    accepted = arrived & finite
+    num_rejected = jnp.sum(arrived & ~finite)
+    received = jnp.where(accepted[:, None, None], p, server.received)
+    z = server.consensus
+    if config.use_fragment and config.server_rule == "fedavg":
+        weight = accepted.astype(z.dtype)[:, None, None]
+        mean = jnp.sum(weight * received, 0) / jnp.maximum(jnp.sum(accepted), 1)
+        z = jnp.where(jnp.any(accepted), mean, z)
+        cuts = server.cuts
+    elif config.use_fragment:
+        _, cut_force_z = cutlib.cut_force(server.cuts)
+        everyone = jnp.ones((R,), bool)  # every worker's latest copy counts
+        z = consensus_step(config)(z, received, server.duals, everyone, _primal_dual_hp(config), cut_force_z)
+        before = server.cuts.duals
+        cuts = cutlib.dual_ascent(server.cuts, received, z, config.lr_dual, config.dual_reg, combine=worker_sum(config))
+        cuts = cutlib.drop_cuts(cuts, before, config.gamma)
+    else:
+        cuts = server.cuts
+    return server._replace(consensus=z, cuts=cuts, received=received), num_rejected
 
 
 def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineState, arrived, data: Data, refresh=None):
@@ -456,29 +515,9 @@ def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineSta
     data = _poisoned_data(config, data, malicious)
     p = _sent_messages(config, workers.selection.fragment_probs, server.consensus, k_attack, malicious)
 
-    # 1. Accept messages; reject non-finite ones.
-    finite = jnp.all(jnp.isfinite(p), axis=(1, 2))
-    accepted = arrived & finite
-    num_rejected = jnp.sum(arrived & ~finite)
-    received = jnp.where(accepted[:, None, None], p, server.received)
-
-    # 2. Server update of z and λ.
+    # 1–2. Accept the messages, update z and λ.
+    server, num_rejected = server_receive(config, server, p, arrived)
     z = server.consensus
-    if config.use_fragment and config.server_rule == "fedavg":
-        weight = accepted.astype(z.dtype)[:, None, None]
-        mean = jnp.sum(weight * received, 0) / jnp.maximum(jnp.sum(accepted), 1)
-        z = jnp.where(jnp.any(accepted), mean, z)
-        cuts = server.cuts
-    elif config.use_fragment:
-        _, cut_force_z = cutlib.cut_force(server.cuts)
-        everyone = jnp.ones((R,), bool)  # every worker's latest copy counts
-        z = consensus_step(config)(z, received, server.duals, everyone, _primal_dual_hp(config), cut_force_z)
-        before = server.cuts.duals
-        cuts = cutlib.dual_ascent(server.cuts, received, z, config.lr_dual, config.dual_reg, combine=worker_sum(config))
-        cuts = cutlib.drop_cuts(cuts, before, config.gamma)
-    else:
-        cuts = server.cuts
-    server = server._replace(consensus=z, cuts=cuts, received=received)
 
     # 3. Refresh the polyhedron every δ iterations.
     refreshed = jnp.asarray(False)
@@ -523,9 +562,15 @@ def decoded_prompts(config: AsynDBTConfig, state: EngineState) -> Configuration:
     """The prompts each worker would use now: demonstrations from its own ``q`` (argmax), the
     fragment from the consensus ``z`` (distributed methods) or its own ``p`` (one worker);
     ``-1`` where a level is not tuned. Shapes ``fragment_words [R, M]``, ``demos [R, U]``."""
-    own = decode(state.workers.selection)
+    return prompts_of(config, state.workers.selection, state.server.consensus)
+
+
+def prompts_of(config: AsynDBTConfig, selection: SelectionVariables, consensus) -> Configuration:
+    """:func:`decoded_prompts` of the workers whose variables ``selection`` holds (leading
+    axis any ``G``) given the consensus ``z``: what a worker of the real runtime evaluates."""
+    own = decode(selection)
     if config.num_workers > 1 and config.use_fragment:
-        words = jnp.broadcast_to(jnp.argmax(state.server.consensus, -1).astype(jnp.int32), own.fragment_words.shape)
+        words = jnp.broadcast_to(jnp.argmax(consensus, -1).astype(jnp.int32), own.fragment_words.shape)
     else:
         words = own.fragment_words
     if not config.use_fragment:

@@ -99,6 +99,18 @@ class LowerLevelState(NamedTuple):
     duals: jax.Array
 
 
+def primal_dual_round(
+    state: LowerLevelState, grad, mask, hp: PrimalDualHyperparams, consensus_step=server_consensus_step
+) -> LowerLevelState:
+    """One round given the workers' gradients ``grad [R, M, N]`` at ``state.fragment_probs``:
+    the masked workers' primal step, then the server's ``z`` and ``ρ`` steps (Eqs. 9–11)."""
+    p = worker_primal_step(state.fragment_probs, grad, state.duals, state.consensus, hp)
+    p = jnp.where(mask[:, None, None], p, state.fragment_probs)
+    z = consensus_step(state.consensus, p, state.duals, mask, hp)
+    rho = dual_step(state.duals, p, z, mask, hp)
+    return LowerLevelState(p, z, rho)
+
+
 def primal_dual_rounds(
     state: LowerLevelState, grad_fn, key, num_rounds: int, mask, hp: PrimalDualHyperparams, consensus_step=server_consensus_step
 ):
@@ -119,12 +131,7 @@ def primal_dual_rounds(
         raise ValueError(f"num_rounds (K) must be a positive integer, got {num_rounds!r}")
 
     def one_round(s: LowerLevelState, round_key):
-        grad = grad_fn(round_key, s.fragment_probs)
-        p = worker_primal_step(s.fragment_probs, grad, s.duals, s.consensus, hp)
-        p = jnp.where(mask[:, None, None], p, s.fragment_probs)
-        z = consensus_step(s.consensus, p, s.duals, mask, hp)
-        rho = dual_step(s.duals, p, z, mask, hp)
-        return LowerLevelState(p, z, rho), None
+        return primal_dual_round(s, grad_fn(round_key, s.fragment_probs), mask, hp, consensus_step), None
 
     final, _ = jax.lax.scan(one_round, state, jax.random.split(key, num_rounds))
     return final

@@ -1,7 +1,9 @@
+import gc
 import os
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402
 
@@ -14,3 +16,16 @@ def tmp_cache(tmp_path, monkeypatch):
     """A fresh user cache (``ASYNDBT_CACHE``) for the test."""
     monkeypatch.setenv("ASYNDBT_CACHE", str(tmp_path / "cache"))
     return tmp_path / "cache"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _free_compiled_code():
+    """Drop JAX's compiled executables after every test module.
+
+    The jit caches key on static arguments, and the engine's static feedback function holds
+    its LLM (or oracle): without this, one pytest process keeps every module's models and
+    executables alive, and after ~250 tests XLA's compiler aborted when the process ran out
+    of memory mappings (``vm.max_map_count`` = 65530)."""
+    yield
+    jax.clear_caches()
+    gc.collect()
