@@ -1,0 +1,524 @@
+"""Real asynchronous runtime: the simulator's algorithm driven by real concurrency.
+
+The simulator (:mod:`asyndbt_jax.simulator`) runs AsynDBT on a virtual clock. This module
+runs the *same* jit-compiled pieces of :mod:`asyndbt_jax.engine` with workers that really
+compute in parallel — on threads in this process (``runtime="local"``) or as Ray actors on
+one or several machines (``runtime="ray"``, :mod:`asyndbt_jax.runtime_ray`):
+
+* a :class:`Worker` holds its private variables ``q``/``p``, its Adam state and its data,
+  and computes :func:`~asyndbt_jax.engine.worker_reply` for itself (``rows=[i]``: it draws
+  exactly what row ``i`` draws in the simulator's batched step);
+* the server loop holds ``z``, ``ρ``, the cuts and the staleness counters and calls
+  :func:`~asyndbt_jax.engine.server_receive`, :func:`~asyndbt_jax.engine.refresh_round` and
+  :func:`~asyndbt_jax.engine.refresh_cuts`;
+* messages carry numbers only: the server sends a worker its cut force ``[M, N]`` (and
+  ``z`` for FedAvg), a PRNG key as ``uint32`` data and its index; a worker sends back its
+  ``p [M, N]`` and its mean loss. Never an example, never text.
+
+Asynchrony has the simulator's semantics: the server proceeds once at least ``S`` messages
+wait and no live worker is more than ``τ`` iterations stale (it blocks on one that would
+be), and processes every message that has arrived by then. Every ``δ`` iterations the
+polyhedron refresh runs ``K`` primal-dual rounds with every live worker (a synchronous
+barrier, as the simulator charges it); an evaluation is a barrier too, so the runtime
+evaluates only every ``eval_every`` iterations (default: the last one).
+
+With ``S = R`` the arrival sets do not depend on timing, and a run reproduces the
+simulator's synchronous run (tested). With ``S < R`` they depend on real timing, as they
+should.
+
+Faults: a worker whose call raises, or whose update has been in flight longer than
+``timeout`` seconds, is marked failed: the server stops waiting for it (``τ`` no longer
+applies to it) and goes on with the rest. A worker that raised is sent the current server
+state again at the next iteration (it rejoins), up to ``max_failures`` times in a row; a
+late message of a timed-out worker is accepted when it comes (it rejoins then); a lost
+Ray actor is gone for the run. When fewer than ``S`` workers are left the run stops with
+an error that says so.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import json
+import logging
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import cuts as cutlib
+from .engine import (
+    AsynDBTConfig,
+    Data,
+    ServerState,
+    WorkerState,
+    init_state,
+    lower_gradient,
+    prompts_of,
+    refresh_cuts,
+    refresh_round,
+    refresh_start,
+    server_receive,
+    worker_reply,
+)
+from .selection import Configuration
+from .simulator import DelayModel
+
+log = logging.getLogger(__name__)
+
+RUNTIMES = ("local", "ray")
+
+
+class WorkerLost(RuntimeError):
+    """A worker that cannot answer any more (its thread was stopped, its Ray actor died)."""
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _worker_update(config: AsynDBTConfig, feedback_fn, workers: WorkerState, force, broadcast, queries, key, rows):
+    if config.server_rule == "fedavg" and config.use_fragment:
+        workers = workers._replace(selection=workers.selection._replace(fragment_probs=broadcast))
+    G = rows.shape[0]
+    return worker_reply(config, feedback_fn, workers, force, jnp.ones((G,), bool), queries, key, jnp.zeros((G,), bool), rows)
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _worker_gradient(config: AsynDBTConfig, feedback_fn, demo_probs, fragment_probs, queries, key, rows):
+    G = rows.shape[0]
+    return lower_gradient(config, feedback_fn, demo_probs, fragment_probs, queries, key, jnp.zeros((G,), bool), rows)
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _worker_accuracy(config: AsynDBTConfig, feedback_fn, selection, consensus, queries):
+    prompts = prompts_of(config, selection, consensus)
+    one = Configuration(prompts.fragment_words[:, None, :], prompts.demos[:, None, :])
+    return jnp.mean(feedback_fn(one, queries).correct[:, 0, :], axis=-1)
+
+
+def _row(tree, i: int):
+    return jax.tree.map(lambda x: np.asarray(x)[i : i + 1], tree)
+
+
+def _key(data) -> jax.Array:
+    return jax.random.wrap_key_data(jnp.asarray(data, jnp.uint32))
+
+
+class Worker:
+    """One worker's private side. It never sends its data or its ``q``; every method takes
+    and returns numbers (NumPy arrays and floats).
+
+    Args:
+      config: the engine configuration (the same on every worker and the server).
+      feedback_fn: this worker's black box (``(Configuration, queries[, active]) -> Feedback``).
+      index: the worker's index ``i`` in ``0..R-1``.
+      workers: its :class:`~asyndbt_jax.engine.WorkerState` (leading axis 1).
+      data: its training/validation batches (leading axis 1).
+      test: the shared test queries (leaves ``[B]``).
+      delay: optional injected compute time per update (a :class:`DelayModel` in units of
+        ``delay_seconds``), drawn from the worker's own generator seeded ``(seed, index)``.
+    """
+
+    def __init__(self, config, feedback_fn, index: int, workers: WorkerState, data: Data, test, *,
+                 delay: DelayModel | None = None, delay_seconds: float = 0.0, seed: int = 0):
+        self.config, self.feedback_fn, self.index = config, feedback_fn, int(index)
+        self.workers, self.data = workers, data
+        self.test = jax.tree.map(lambda x: np.asarray(x)[None], test)
+        self.delay, self.delay_seconds = delay, float(delay_seconds)
+        self.rng = np.random.default_rng([seed, self.index])
+        self.rows = np.array([self.index], np.int32)
+        self.stopped = False
+
+    def _check(self):
+        if self.stopped:
+            raise WorkerLost(f"worker {self.index} was stopped")
+
+    def update(self, force, broadcast, key_data) -> tuple[np.ndarray, float]:
+        """Compute the next upper-level update from the server's reply (spec §6, worker
+        side); returns ``(p [M, N], mean loss)``."""
+        self._check()
+        if self.delay is not None and self.delay_seconds > 0:
+            d, _ = self.delay.sample(self.rng, self.rows, allow_dropout=False)
+            time.sleep(float(d[0]) * self.delay_seconds)
+        new, loss = _worker_update(self.config, self.feedback_fn, self.workers, np.asarray(force)[None],
+                                   np.asarray(broadcast)[None], self.data.validation, _key(key_data), self.rows)
+        self._check()
+        self.workers = new
+        return np.asarray(new.selection.fragment_probs[0]), float(loss[0])
+
+    def gradient(self, fragment_probs, key_data) -> np.ndarray:
+        """The lower-level gradient ``∇̂g [M, N]`` at ``fragment_probs`` on the training batch
+        (one refresh round, spec §4)."""
+        self._check()
+        grad = _worker_gradient(self.config, self.feedback_fn, self.workers.selection.demo_probs,
+                                np.asarray(fragment_probs)[None], self.data.train, _key(key_data), self.rows)
+        return np.asarray(grad[0])
+
+    def accuracy(self, consensus, on_test: bool) -> float:
+        """Accuracy of this worker's decoded prompt on the shared test set (``on_test``) or
+        on its own validation batch."""
+        self._check()
+        queries = self.test if on_test else self.data.validation
+        return float(_worker_accuracy(self.config, self.feedback_fn, self.workers.selection, np.asarray(consensus), queries)[0])
+
+    def variables(self) -> WorkerState:
+        """The worker's variables (for a final report or a checkpoint of its own)."""
+        return jax.device_get(self.workers)
+
+
+def make_workers(config, feedback_fn, data: Data, test, state, *, delay=None, delay_seconds=0.0, seed=0, indices=None):
+    """Build :class:`Worker` objects ``indices`` (default: all) from a full initial state and data."""
+    indices = range(config.num_workers) if indices is None else indices
+    return {i: Worker(config, feedback_fn, i, _row(state.workers, i), _row(data, i), test,
+                      delay=delay, delay_seconds=delay_seconds, seed=seed) for i in indices}
+
+
+# --------------------------------------------------------------------------- drivers
+
+
+class LocalDriver:
+    """Workers on threads of this process: one single-thread executor per worker, so a
+    worker's requests run in order (a refresh request waits for its update in flight).
+
+    ``make_feedback()`` is called once; the workers share the feedback (a local model is
+    loaded once; an :class:`~asyndbt_jax.llm.adapter.LLMFeedback` is thread-safe)."""
+
+    name = "local"
+
+    def __init__(self, config, make_feedback, data, test, state, **worker_kwargs):
+        feedback_fn = make_feedback()
+        self.workers = make_workers(config, feedback_fn, data, test, state, **worker_kwargs)
+        self.pools = {i: cf.ThreadPoolExecutor(1, thread_name_prefix=f"asyndbt-worker-{i}") for i in self.workers}
+
+    def submit(self, i: int, method: str, *args):
+        return self.pools[i].submit(getattr(self.workers[i], method), *args)
+
+    @staticmethod
+    def wait(handles, timeout):
+        done, _ = cf.wait(list(handles), timeout=timeout, return_when=cf.FIRST_COMPLETED)
+        return list(done)
+
+    @staticmethod
+    def result(handle):
+        return handle.result()
+
+    @staticmethod
+    def lost(error: BaseException) -> bool:
+        return isinstance(error, WorkerLost)
+
+    def kill(self, i: int) -> None:
+        """Stop worker ``i`` for good (its next answer raises :class:`WorkerLost`); tests use it."""
+        self.workers[i].stopped = True
+
+    def close(self) -> None:
+        for pool in self.pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+# --------------------------------------------------------------------------- server loop
+
+
+class RuntimeResult(NamedTuple):
+    """What :func:`run_runtime` returns."""
+
+    server: ServerState
+    workers: WorkerState | None  # every live worker's final variables (None rows: lost workers excluded)
+    history: list[dict]
+    final_test_accuracy: float
+    final_validation_accuracy: float
+    iterations: int
+    wall_time: float
+    queries: int
+    rejected: int
+    failures: dict  # worker index -> number of failures
+
+
+@dataclass
+class _Book:
+    """The server's host-side book-keeping of its workers."""
+
+    R: int
+    live: np.ndarray = field(init=False)
+    failures: np.ndarray = field(init=False)
+    staleness: np.ndarray = field(init=False)
+
+    def __post_init__(self):
+        self.live = np.ones(self.R, bool)
+        self.failures = np.zeros(self.R, np.int64)
+        self.staleness = np.zeros(self.R, np.int64)
+
+
+def _driver(runtime: str, config, make_feedback, data, test, state, ray_address, actors, **worker_kwargs):
+    if runtime == "local":
+        return LocalDriver(config, make_feedback, data, test, state, **worker_kwargs)
+    if runtime == "ray":
+        from .runtime_ray import RayDriver
+
+        return RayDriver(config, make_feedback, data, test, state, address=ray_address, actors=actors, **worker_kwargs)
+    raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+
+
+def run_runtime(
+    config: AsynDBTConfig,
+    make_feedback: Callable[[], Any],
+    data: Data,
+    test_queries: Any,
+    *,
+    iterations: int,
+    runtime: str = "local",
+    seed: int = 0,
+    delay: DelayModel | None = None,
+    delay_seconds: float = 0.0,
+    timeout: float | None = None,
+    max_failures: int = 3,
+    eval_every: int | None = None,
+    history_path: str | None = None,
+    progress: bool = True,
+    ray_address: str | None = None,
+    actors: int | None = None,
+    on_iteration: Callable[[int, Any], None] | None = None,
+) -> RuntimeResult:
+    """Run ``iterations`` server iterations with real concurrent workers.
+
+    Args:
+      config: validated engine configuration (``num_active`` = S, ``max_staleness`` = τ).
+        Attacks are a simulation feature: ``num_malicious`` must be 0.
+      make_feedback: ``() -> feedback_fn``, called once by the local driver and once per
+        actor by Ray (so each machine builds its own black box; Ray ships it with
+        cloudpickle).
+      data: per-worker training/validation queries (leaves ``[R, B]``); worker ``i`` gets row ``i``.
+      test_queries: shared test queries (leaves ``[B]``).
+      iterations: server iterations (the first is the broadcast of the initial state).
+      runtime: ``"local"`` (threads) or ``"ray"`` (actors; ``pip install 'asyndbt_jax[ray]'``).
+      seed: the JAX key (as in the simulator) and the injected delays.
+      delay, delay_seconds: inject a compute time into every worker update: a draw of
+        ``delay`` times ``delay_seconds`` seconds (a stand-in for a slow LLM endpoint).
+      timeout: seconds an update may be in flight before its worker is marked failed
+        (``None``: never).
+      max_failures: a worker whose calls raise this many times in a row is dropped.
+      eval_every: evaluate every this many iterations (and last); each evaluation is a
+        barrier. Default: the last iteration only.
+      history_path: one JSON line per iteration.
+      progress: a progress line on stderr.
+      ray_address: ``ray.init(address=...)`` (``None``: a local Ray, or the one running).
+      actors: Ray actors (worker groups); default one per worker.
+      on_iteration: ``(iteration, driver) -> None`` after every iteration (tests kill workers here).
+
+    Returns:
+      :class:`RuntimeResult`.
+    """
+    config.validate()
+    if config.num_malicious:
+        raise ValueError("attacks are simulated only (asyndbt simulate / the simulator): num_malicious must be 0 here")
+    if not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    eval_every = iterations if eval_every is None else eval_every
+    if eval_every < 1:
+        raise ValueError(f"eval_every must be >= 1, got {eval_every!r}")
+    R, S, tau = config.num_workers, config.num_active, config.max_staleness
+    state = init_state(config, jax.random.key(seed))
+    server, key = state.server, state.key
+    bilevel = bool(config.bilevel and config.use_fragment)
+    M, N = config.num_fragment_words, config.vocab_size
+    val_batch = jax.tree.leaves(data.validation)[0].shape[-1]
+    train_batch = jax.tree.leaves(data.train)[0].shape[-1]
+    receive = jax.jit(server_receive, static_argnums=0)
+    one_round = jax.jit(refresh_round, static_argnums=0)
+    add_cuts = jax.jit(refresh_cuts, static_argnums=0)
+    force_of = jax.jit(lambda cuts: cutlib.cut_force(cuts)[0])
+
+    book = _Book(R)
+    driver = _driver(runtime, config, make_feedback, data, test_queries, state, ray_address, actors,
+                     delay=delay, delay_seconds=delay_seconds, seed=seed)
+    inflight: dict[int, tuple[Any, float]] = {}  # worker -> (handle, submitted at)
+    ready: dict[int, tuple[np.ndarray, float]] = {}  # worker -> (p, loss): arrived, not yet processed
+    retry: set[int] = set()  # workers that raised: sent the current state at the next iteration
+    history: list[dict] = []
+    total_queries = 0
+    val_acc = test_acc = float("nan")
+    sink = open(history_path, "w") if history_path else None
+    started = time.perf_counter()
+
+    def fail(i: int, why: str, error: BaseException | None = None) -> None:
+        book.live[i] = False
+        book.failures[i] += 1
+        lost = error is not None and driver.lost(error)
+        if lost:
+            book.failures[i] = max(book.failures[i], max_failures)
+        elif error is not None and book.failures[i] < max_failures:
+            retry.add(i)
+        then = ("it is dropped" if book.failures[i] >= max_failures else
+                "it will be sent the current state" if i in retry else "it is not waited for until it answers")
+        log.warning("worker %d failed (%s); %s", i, why, then)
+
+    def collect(handles: dict, block: bool) -> None:
+        """Move finished updates from ``handles`` into ``ready``; wait for one when ``block``."""
+        waiting = {h: i for i, (h, _) in handles.items()}
+        if not waiting:
+            return
+        wait_for = None if not block else (1.0 if timeout is None else max(0.01, min(1.0, timeout)))
+        done = driver.wait(list(waiting), 0 if not block else wait_for)
+        for h in done:
+            i = waiting[h]
+            del handles[i]
+            try:
+                p, loss = driver.result(h)
+            except Exception as error:  # noqa: BLE001 - any worker failure is handled the same way
+                fail(i, f"{type(error).__name__}: {error}", error)
+                continue
+            ready[i] = (np.asarray(p), loss)
+            book.live[i] = True
+            book.failures[i] = 0
+        if timeout is not None:
+            now = time.perf_counter()
+            for i, (_, since) in handles.items():
+                if book.live[i] and now - since > timeout:
+                    fail(i, f"no answer after {timeout:g} s")
+
+    def gather(method: str, args_of: Callable[[int], tuple], who: np.ndarray) -> dict[int, Any]:
+        """A barrier: ask every worker in ``who``, wait for all; failures are marked and skipped."""
+        asked = {i: driver.submit(i, method, *args_of(i)) for i in np.flatnonzero(who)}
+        answers = {}
+        deadline = None if timeout is None else time.perf_counter() + timeout
+        for i, h in asked.items():
+            try:
+                left = None if deadline is None else max(0.0, deadline - time.perf_counter())
+                if left is not None and not driver.wait([h], left):
+                    raise TimeoutError(f"no answer to {method} after {timeout:g} s")
+                answers[i] = driver.result(h)
+            except Exception as error:  # noqa: BLE001
+                fail(i, f"{method}: {type(error).__name__}: {error}", None if isinstance(error, TimeoutError) else error)
+        return answers
+
+    def evaluate(on_test: bool) -> float:
+        z = np.asarray(server.consensus)
+        answers = gather("accuracy", lambda i: (z, on_test), book.live)
+        return float(np.mean(list(answers.values()))) if answers else float("nan")
+
+    received_init = np.asarray(state.workers.selection.fragment_probs)
+    del state
+    try:
+        for it in range(iterations):
+            if it == 0:
+                arrived = np.ones(R, bool)
+                p = received_init
+                losses = np.zeros(R)
+            else:
+                while True:
+                    collect(inflight, block=False)
+                    live = book.live | np.isin(np.arange(R), list(ready))
+                    if live.sum() < S:
+                        raise RuntimeError(
+                            f"only {int(live.sum())} live workers are left and the server needs S={S} "
+                            f"(failed: {np.flatnonzero(~live).tolist()})")
+                    forced = (book.staleness >= tau) & book.live & ~np.isin(np.arange(R), list(ready))
+                    if len(ready) >= S and not forced.any():
+                        break
+                    if not inflight:
+                        raise RuntimeError(f"no worker is computing and only {len(ready)} messages wait (S={S})")
+                    collect(inflight, block=True)
+                arrived = np.zeros(R, bool)
+                arrived[list(ready)] = True
+                p = np.asarray(server.received).copy()
+                losses = np.zeros(R)
+                for i, (msg, loss) in ready.items():
+                    p[i], losses[i] = msg, loss
+                ready.clear()
+            num_arrived = int(arrived.sum())
+            # the arrived messages' losses (computed from replies of earlier iterations; none at 0)
+            mean_loss = float(losses[arrived].mean()) if it > 0 and num_arrived else None
+            key, k_refresh, k_reply = jax.random.split(key, 3)
+            server, num_rejected = receive(config, server, jnp.asarray(p, server.received.dtype), jnp.asarray(arrived))
+            queries = 0
+            refreshed = bilevel and it % config.refresh_every == 0
+            if refreshed:
+                lower = refresh_start(server)
+                for round_key in jax.random.split(k_refresh, config.lower_rounds):
+                    kd = np.asarray(jax.random.key_data(round_key))
+                    current = np.asarray(lower.fragment_probs)
+                    grads = gather("gradient", lambda i: (current[i], kd), book.live)
+                    grad = np.zeros((R, M, N), current.dtype)
+                    mask = np.zeros(R, bool)
+                    for i, g in grads.items():
+                        grad[i], mask[i] = g, True
+                    lower = one_round(config, lower, jnp.asarray(grad), jnp.asarray(mask))
+                    queries += len(grads) * config.num_samples * train_batch
+                server = add_cuts(config, server, lower)
+            # reply to the arrived workers (and send workers that raised the current state again)
+            force = np.asarray(force_of(server.cuts)) if bilevel else np.zeros((R, M, N), np.float32)
+            z = np.asarray(server.consensus)
+            kd = np.asarray(jax.random.key_data(k_reply))
+            replied = arrived | np.isin(np.arange(R), list(retry))
+            for i in np.flatnonzero(replied):
+                if book.failures[i] >= max_failures:
+                    continue
+                inflight[i] = (driver.submit(i, "update", force[i], z, kd), time.perf_counter())
+                book.live[i] = True
+                queries += config.num_samples * val_batch
+            retry.clear()
+            book.staleness = np.where(arrived, 0, book.staleness + 1)
+            server = server._replace(staleness=jnp.asarray(book.staleness, jnp.int32), iteration=server.iteration + 1,
+                                     rejected=server.rejected + num_rejected)
+            total_queries += queries
+            record = {
+                "iteration": it,
+                "wall_time": time.perf_counter() - started,
+                "arrived": np.flatnonzero(arrived).tolist(),
+                "max_staleness": int(book.staleness.max()),
+                "max_staleness_live": int(book.staleness[book.live].max()) if book.live.any() else 0,
+                "live": int(book.live.sum()),
+                "mean_loss": mean_loss,
+                "rejected": int(num_rejected),
+                "queries": queries,
+                "refreshed": refreshed,
+                "active_cuts": int(jnp.sum(server.cuts.active)),
+            }
+            last = it == iterations - 1
+            if it % eval_every == 0 and it > 0 or last:
+                test_acc = record["test_accuracy"] = evaluate(True)
+                val_acc = record["validation_accuracy"] = evaluate(False)
+            history.append(record)
+            if sink:
+                sink.write(json.dumps(record) + "\n")
+                sink.flush()
+            if on_iteration is not None:
+                on_iteration(it, driver)
+            if progress:
+                sys.stderr.write(f"\r[{it + 1}/{iterations}] {record['wall_time']:7.1f}s live={record['live']}/{R} "
+                                 f"arrived={num_arrived} val={val_acc:.3f} test={test_acc:.3f} queries={total_queries}")
+                sys.stderr.flush()
+        # the replies of the last iteration are answered but not processed: collect them so
+        # every worker ends in a consistent state, then read the variables back
+        variables = gather("variables", lambda i: (), book.live)
+        workers = jax.tree.map(lambda *xs: np.concatenate(xs), *[variables[i] for i in sorted(variables)]) if variables else None
+    finally:
+        if sink:
+            sink.close()
+        if progress:
+            sys.stderr.write("\n")
+        driver.close()
+    return RuntimeResult(
+        server=server,
+        workers=workers,
+        history=history,
+        final_test_accuracy=test_acc,
+        final_validation_accuracy=val_acc,
+        iterations=len(history),
+        wall_time=time.perf_counter() - started,
+        queries=total_queries,
+        rejected=int(server.rejected),
+        failures={int(i): int(book.failures[i]) for i in np.flatnonzero(book.failures)},
+    )
+
+
+__all__ = ["LocalDriver", "RUNTIMES", "RuntimeResult", "Worker", "WorkerLost", "make_workers", "run_runtime"]
