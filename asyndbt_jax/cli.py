@@ -115,7 +115,7 @@ def _run(args) -> int:
                 values.update(QUICK)
             cfg = JobConfig(**{**values, **given, "progress": not args.json})
         summary = run_job(cfg, resume=bool(args.resume))
-    except (ValueError, ConnectionError, FileNotFoundError, ModuleNotFoundError) as exc:
+    except (ValueError, ConnectionError, FileNotFoundError, ImportError) as exc:
         raise SystemExit(f"error: {exc}") from exc
     print(json.dumps(summary) if args.json else table(summary))
     return 0
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--workers", "-R", type=int, help=f"workers R (default {DEFAULTS['workers']})")
     run.add_argument("--active", "-S", type=int, help=f"messages the server waits for, S (default {DEFAULTS['active']})")
     run.add_argument("--staleness", "--tau", type=int, help=f"staleness bound tau (default {DEFAULTS['staleness']})")
-    run.add_argument("--delay", help=f"straggler model (default {DEFAULTS['delay']})")
+    run.add_argument("--delay", help=f"straggler model of the simulated runtime (default {DEFAULTS['delay']})")
     run.add_argument("--alpha", type=float, help="non-IID workers: Dirichlet(alpha) class mixtures (default IID)")
     run.add_argument("--malicious", "-B", type=int, help="malicious workers B, the last B (default 0)")
     run.add_argument("--attack", help=f"what the malicious workers do: {'|'.join(ATTACKS)} (default none)")
@@ -255,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "that could overrun it (default: no limit)")
     run.add_argument("--seed", type=int, help=f"seed of the split, the partitions and the run (default {DEFAULTS['seed']})")
     run.add_argument("--checkpoint-every", type=int, help=f"iterations between checkpoints (default {DEFAULTS['checkpoint_every']})")
+    run.add_argument("--runtime",
+                     help="simulated: workers on the virtual clock of --delay (default); local: real concurrent "
+                          "workers on threads; ray: Ray actors, on this machine or a cluster (docs/distributed.md)")
+    run.add_argument("--ray-address", help="--runtime ray: the cluster's head, host:port (default: start a local Ray)")
+    run.add_argument("--actors", type=int, help="--runtime ray: actors, each holding a group of workers and its "
+                                                "own model (default: one per worker)")
     run.add_argument("--out", help="run folder (default runs/<task>-<method>-seed<seed>)")
     run.add_argument("--cache", help="response cache file (default: responses.sqlite in the user cache)")
     run.add_argument("--quick", action="store_true", help="a smoke run: 3 iterations, I=2, 20 test examples")

@@ -66,6 +66,9 @@ class JobConfig:
     budget: int | None = None  # most prompts the job may score (cache hits count: the run stays reproducible)
     seed: int = 0
     checkpoint_every: int = 1
+    runtime: str = "simulated"  # simulated (the virtual clock) | local (threads) | ray (actors)
+    ray_address: str | None = None  # --runtime ray: join this cluster (default: a local Ray)
+    actors: int | None = None  # --runtime ray: actors (worker groups; default one per worker)
     out: str | None = None
     cache: str | None = None  # the response cache (default cache_root()/responses.sqlite)
     progress: bool = True
@@ -89,7 +92,7 @@ class JobConfig:
 _TYPES = typing.get_type_hints(JobConfig)
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(JobConfig)}
 QUICK = dict(iterations=3, samples=2, test_size=20)
-_NOT_RESULTS = ("out", "cache", "progress", "checkpoint_every")  # settings that do not change what a run computes
+_NOT_RESULTS = ("out", "cache", "progress", "checkpoint_every", "ray_address", "actors")  # settings that do not change what a run computes
 
 
 def job_methods() -> tuple[str, ...]:
@@ -236,6 +239,26 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
             raise ValueError(f"unknown feddtpt server {cfg.feddtpt_server!r}; known: {list(SERVERS)}")
         if cfg.malicious:
             raise ValueError("feddtpt runs without malicious workers (--malicious 0)")
+    if cfg.runtime not in ("simulated", "local", "ray"):
+        raise ValueError(f"unknown runtime {cfg.runtime!r}; known: simulated, local, ray")
+    if cfg.runtime != "simulated":
+        from .engine import CENTRALISED
+
+        if cfg.method not in METHODS or cfg.method in CENTRALISED:
+            raise ValueError(f"--runtime {cfg.runtime} runs the distributed methods "
+                             f"({', '.join(m for m in METHODS if m not in CENTRALISED)}), not {cfg.method}")
+        if cfg.malicious:
+            raise ValueError("attacks are simulated only: --malicious needs --runtime simulated")
+        if cfg.budget is not None:
+            raise ValueError("--budget is checked on the simulated runtime only (the workers of a real runtime "
+                             "score in parallel): drop it or use --runtime simulated")
+        if resume:
+            raise ValueError(f"--resume continues simulated runs; a --runtime {cfg.runtime} run starts again")
+        if cfg.runtime == "ray":
+            from .runtime_ray import _ray, check_reachable
+
+            _ray()  # installed?
+            check_reachable(cfg.ray_address)  # before any model is loaded or the run folder touched
     if not 0 <= cfg.malicious < cfg.workers:
         raise ValueError(f"--malicious (B={cfg.malicious}) must be between 0 and --workers - 1 ({cfg.workers - 1})")
     delay = parse_delay(cfg.delay)
@@ -319,6 +342,9 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
 
         tuning_start = feedback.prompts
         shapes = dict(num_fragment_words=M, vocab_size=len(task.vocabulary), num_classes=U, num_candidates=V)
+        if cfg.runtime != "simulated":
+            summary.update(_run_on_runtime(cfg, data, task, feedback, train, validation, split, shapes, out, accuracy, prompts))
+    if tuned and cfg.runtime == "simulated":
         result, config = run_method(
             cfg.method, feedback, Data(jnp.asarray(train), jnp.asarray(validation)), jnp.asarray(split.test), delay,
             shapes=shapes, iterations=cfg.iterations, num_active=cfg.active, max_staleness=cfg.staleness,
@@ -331,13 +357,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
         )
         accuracy[cfg.method] = result.final_test_accuracy
         prompts[cfg.method] = done + feedback.prompts - tuning_start
-        decoded = decoded_prompts(config, result.state)
-        words = np.asarray(decoded.fragment_words[0])  # the consensus fragment: the same for every worker
-        learned = [
-            [{"label": data.template.answers[u], **data.examples[int(split.candidates[u, k])]}
-             for u, k in enumerate(np.asarray(worker_demos)) if k >= 0]
-            for worker_demos in decoded.demos
-        ]
+        summary.update(_learned(data, task, split, decoded_prompts(config, result.state)))
         summary.update({
             "active": config.num_active,
             "staleness": cfg.staleness,
@@ -348,9 +368,6 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
             "iterations": result.iterations,
             "stopped_by_budget": bool(result.history and result.history[-1].get("stopped")),
             "final_validation_accuracy": result.final_validation_accuracy,
-            # the tuned row: mean over the benign workers' own prompts (their demonstrations differ)
-            "learned_demonstrations": learned,
-            "learned_fragment": " ".join(task.vocabulary[j] for j in words if j >= 0 and task.vocabulary[j]),
             "virtual_time": result.virtual_time,
         })
     summary.update({
@@ -365,6 +382,64 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
     })
     (out / "result.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _learned(data, task, split, decoded) -> dict:
+    """Every worker's learned demonstrations (as text) and the consensus fragment."""
+    words = np.asarray(decoded.fragment_words[0])  # the consensus fragment: the same for every worker
+    learned = [
+        [{"label": data.template.answers[u], **data.examples[int(split.candidates[u, k])]}
+         for u, k in enumerate(np.asarray(worker_demos)) if k >= 0]
+        for worker_demos in decoded.demos
+    ]
+    # the tuned row: mean over the benign workers' own prompts (their demonstrations differ)
+    return {"learned_demonstrations": learned,
+            "learned_fragment": " ".join(task.vocabulary[j] for j in words if j >= 0 and task.vocabulary[j])}
+
+
+def _actor_feedback(cfg: JobConfig, task):
+    """An actor's own black box (``--runtime ray``): its model (or endpoint) and the shared response cache."""
+    from .llm import LLMFeedback, ResponseCache, cache_root
+
+    return LLMFeedback(task, make_scorer(cfg), cache=ResponseCache(cfg.cache or cache_root() / "responses.sqlite"))
+
+
+def _run_on_runtime(cfg: JobConfig, data, task, feedback, train, validation, split, shapes, out: Path, accuracy: dict,
+                    prompts: dict) -> dict:
+    """Tune with real concurrent workers (:mod:`asyndbt_jax.runtime`) instead of the virtual clock."""
+    import functools
+
+    import jax.numpy as jnp
+
+    from .engine import Data, method_config, prompts_of
+    from .runtime import run_runtime
+
+    config = method_config(cfg.method, num_workers=cfg.workers, num_active=cfg.active, max_staleness=cfg.staleness,
+                           num_samples=cfg.samples, lower_rounds=cfg.lower_rounds, lr_fragment=cfg.lr, lr_demos=cfg.lr,
+                           aggregator=cfg.aggregator, **shapes)
+    make_feedback = (lambda: feedback) if cfg.runtime == "local" else functools.partial(_actor_feedback, cfg, task)
+    _log(cfg, f"tuning on the {cfg.runtime} runtime: {cfg.workers} concurrent workers (S={cfg.active}, tau={cfg.staleness})")
+    result = run_runtime(config, make_feedback, Data(jnp.asarray(train), jnp.asarray(validation)), jnp.asarray(split.test),
+                         iterations=cfg.iterations, runtime=cfg.runtime, seed=cfg.seed, progress=cfg.progress,
+                         history_path=str(out / "history.jsonl"), ray_address=cfg.ray_address, actors=cfg.actors)
+    accuracy[cfg.method] = result.final_test_accuracy
+    live = jax_tree_rows(result.workers)
+    prompts[cfg.method] = result.queries + live * (validation.shape[1] + len(split.test))  # + the final evaluation
+    decoded = prompts_of(config, result.workers.selection, result.server.consensus)
+    return _learned(data, task, split, decoded) | {
+        "runtime": cfg.runtime,
+        "active": cfg.active,
+        "staleness": cfg.staleness,
+        "aggregator": cfg.aggregator,
+        "iterations": result.iterations,
+        "final_validation_accuracy": result.final_validation_accuracy,
+        "wall_time": result.wall_time,
+        "failed_workers": result.failures,
+    }
+
+
+def jax_tree_rows(workers) -> int:
+    return 0 if workers is None else int(np.asarray(workers.selection.demo_probs).shape[0])
 
 
 def _run_feddtpt(cfg: JobConfig, task, scorer, cache, train, split, out: Path, accuracy: dict, prompts: dict) -> dict:

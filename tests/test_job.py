@@ -42,11 +42,43 @@ def test_quick_run_then_a_free_rerun(tmp_path, capsys):
     (["--budget", "100"], r"--budget 100 is too small: the baselines score 40 prompts and one iteration with its "
                           r"evaluation up to \d+"),
     (["--resume", "nowhere"], r"nowhere holds no run to resume \(no config.json\)"),
+    (["--runtime", "threads"], r"unknown runtime 'threads'; known: simulated, local, ray"),
+    (["--runtime", "local", "--method", "cendbt"], r"--runtime local runs the distributed methods \(asyndbt, "),
+    (["--runtime", "ray", "--malicious", "1"], r"attacks are simulated only"),
+    (["--runtime", "local", "--budget", "1000"], r"--budget is checked on the simulated runtime only"),
+    (["--runtime", "ray", "--ray-address", "127.0.0.1:9"], r"cannot reach the Ray cluster at '127.0.0.1:9'"),
 ])
 def test_bad_input(args, match, tmp_path):
     with pytest.raises(SystemExit, match=match):
         main(["run", "--json", "--out", str(tmp_path), *([] if "--resume" in args else ["--quick"]), *args])
     assert not (tmp_path / "result.json").exists()
+
+
+@pytest.mark.slow
+def test_quick_run_on_the_local_runtime(tmp_path, capsys):
+    """Real concurrent workers on threads, sharing the loaded gemma-3-270m."""
+    assert main(["run", "--quick", "--json", "--runtime", "local", "--out", str(tmp_path / "run"),
+                 "--cache", str(tmp_path / "r.sqlite")]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["runtime"] == "local" and result["iterations"] == 3 and result["failed_workers"] == {}
+    assert 0.0 <= result["test_accuracy"]["asyndbt"] <= 1.0 and result["llm_prompts_by_method"]["asyndbt"] > 0
+    assert len(result["learned_demonstrations"]) == 3
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 3 and history[0]["arrived"] == [0, 1, 2] and "test_accuracy" in history[-1]
+
+
+@pytest.mark.slow
+def test_quick_run_on_ray_actors(tmp_path, capsys):
+    """Two workers on one Ray actor that loads its own model (SmolLM2: the fast one)."""
+    ray = pytest.importorskip("ray")
+    try:
+        assert main(["run", "--quick", "--json", "--runtime", "ray", "--actors", "1", "--workers", "2", "--active", "1",
+                     "--model", "smollm2-135m", "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "r.sqlite")]) == 0
+    finally:
+        ray.shutdown()
+    result = json.loads(capsys.readouterr().out)
+    assert result["runtime"] == "ray" and result["iterations"] == 3 and result["failed_workers"] == {}
+    assert 0.0 <= result["test_accuracy"]["asyndbt"] <= 1.0 and len(result["learned_demonstrations"]) == 2
 
 
 def test_a_folder_holding_another_run_is_not_overwritten(tmp_path):

@@ -15,6 +15,7 @@ correct when that distribution's argmax is the true label.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
@@ -106,6 +107,7 @@ class LLMFeedback:
         self.configurations = 0
         self.prompts = 0
         self.seconds = 0.0
+        self._lock = threading.Lock()  # the real runtime's workers score from several threads
 
     def host(self, fragment_words, demos, queries, active=None) -> tuple[np.ndarray, np.ndarray]:
         """NumPy in, NumPy out: ``fragment_words [R, I, M]``, ``demos [R, I, U]``, ``queries [R, B]``
@@ -129,9 +131,10 @@ class LLMFeedback:
                     prefix, texts = self.task.render(demos[r, i], fragment_words[r, i], queries[r])
                     memo[key] = self.scorer.score(prefix, texts, self.task.template.label_words, cache=self.cache)
                 logp[r, i] = memo[key]
-        self.configurations += int(active.sum()) * I
-        self.prompts += int(active.sum()) * I * queries.shape[1]
-        self.seconds += time.perf_counter() - start
+        with self._lock:
+            self.configurations += int(active.sum()) * I
+            self.prompts += int(active.sum()) * I * queries.shape[1]
+            self.seconds += time.perf_counter() - start
         true = np.take_along_axis(logp, labels[:, None, :, None], axis=-1)[..., 0]
         losses = (-true).astype(np.float32)
         correct = (logp.argmax(-1) == labels[:, None, :]) & active[:, None, None]
