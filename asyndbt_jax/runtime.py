@@ -41,10 +41,10 @@ import concurrent.futures as cf
 import json
 import logging
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -55,6 +55,7 @@ from . import cuts as cutlib
 from .engine import (
     AsynDBTConfig,
     Data,
+    EngineState,
     ServerState,
     WorkerState,
     init_state,
@@ -67,7 +68,7 @@ from .engine import (
     worker_reply,
 )
 from .selection import Configuration
-from .simulator import DelayModel
+from .simulator import DelayModel, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,12 @@ def _worker_accuracy(config: AsynDBTConfig, feedback_fn, selection, consensus, q
 
 def _row(tree, i: int):
     return jax.tree.map(lambda x: np.asarray(x)[i : i + 1], tree)
+
+
+def _set_row(stacked, i: int, row):
+    out = np.array(stacked, copy=True)
+    out[i] = np.asarray(row)[0]
+    return out
 
 
 def _key(data) -> jax.Array:
@@ -283,6 +290,9 @@ def run_runtime(
     ray_address: str | None = None,
     actors: int | None = None,
     on_iteration: Callable[[int, Any], None] | None = None,
+    checkpoint: str | None = None,
+    checkpoint_every: int = 10,
+    resume: bool = False,
 ) -> RuntimeResult:
     """Run ``iterations`` server iterations with real concurrent workers.
 
@@ -309,6 +319,13 @@ def run_runtime(
       ray_address: ``ray.init(address=...)`` (``None``: a local Ray, or the one running).
       actors: Ray actors (worker groups); default one per worker.
       on_iteration: ``(iteration, driver) -> None`` after every iteration (tests kill workers here).
+      checkpoint: write the server's state, every worker's variables (gathered: a barrier),
+        the key, the counters and the history here every ``checkpoint_every`` iterations and
+        at the end (atomic; the simulator's format).
+      resume: continue from ``checkpoint``. The resumed run starts as a run does: every
+        worker re-joins with its saved variables and its first message counts as arrived
+        (updates in flight at the checkpoint are computed again). With ``S = R`` a resumed
+        run ends exactly where an uninterrupted one does.
 
     Returns:
       :class:`RuntimeResult`.
@@ -325,9 +342,24 @@ def run_runtime(
     eval_every = iterations if eval_every is None else eval_every
     if eval_every < 1:
         raise ValueError(f"eval_every must be >= 1, got {eval_every!r}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every!r}")
+    if resume and checkpoint is None:
+        raise ValueError("resume needs the checkpoint file to resume from")
     R, S, tau = config.num_workers, config.num_active, config.max_staleness
     state = init_state(config, jax.random.key(seed))
+    run_id = {"config": repr(config), "iterations": iterations, "seed": seed, "eval_every": eval_every, "runtime": "real"}
+    first, history, total_queries, saved_book = 0, [], 0, None
+    if resume:
+        if not Path(checkpoint).exists():
+            raise FileNotFoundError(f"no checkpoint to resume from at {checkpoint}")
+        state, meta = load_checkpoint(checkpoint, state)
+        differ = sorted(k for k in run_id if meta.get("run", {}).get(k) != run_id[k])
+        if differ:
+            raise ValueError(f"checkpoint {checkpoint} belongs to another run (it differs in {', '.join(differ)})")
+        first, history, total_queries, saved_book = meta["next_iteration"], meta["history"], meta["total_queries"], meta["book"]
     server, key = state.server, state.key
+    known = jax.device_get(state.workers)  # the latest variables of every worker the server has seen
     bilevel = bool(config.bilevel and config.use_fragment)
     M, N = config.num_fragment_words, config.vocab_size
     val_batch = jax.tree.leaves(data.validation)[0].shape[-1]
@@ -338,15 +370,18 @@ def run_runtime(
     force_of = jax.jit(lambda cuts: cutlib.cut_force(cuts)[0])
 
     book = _Book(R)
+    if saved_book is not None:
+        book.staleness = np.zeros(R, np.int64)  # everyone re-joins at the first resumed iteration
+        book.failures = np.asarray(saved_book["failures"], np.int64)
     driver = _driver(runtime, config, make_feedback, data, test_queries, state, ray_address, actors,
                      delay=delay, delay_seconds=delay_seconds, seed=seed)
     inflight: dict[int, tuple[Any, float]] = {}  # worker -> (handle, submitted at)
     ready: dict[int, tuple[np.ndarray, float]] = {}  # worker -> (p, loss): arrived, not yet processed
     retry: set[int] = set()  # workers that raised: sent the current state at the next iteration
-    history: list[dict] = []
-    total_queries = 0
     val_acc = test_acc = float("nan")
     sink = open(history_path, "w") if history_path else None
+    if sink:
+        sink.writelines(json.dumps(record) + "\n" for record in history)
     started = time.perf_counter()
 
     def fail(i: int, why: str, error: BaseException | None = None) -> None:
@@ -405,11 +440,24 @@ def run_runtime(
         answers = gather("accuracy", lambda i: (z, on_test), book.live)
         return float(np.mean(list(answers.values()))) if answers else float("nan")
 
+    def read_back() -> None:
+        """Gather every live worker's variables into ``known`` (a barrier)."""
+        nonlocal known
+        rows = gather("variables", lambda i: (), book.live)
+        for i, w in rows.items():
+            known = jax.tree.map(lambda all_, one, i=i: _set_row(all_, i, one), known, w)
+
+    def save(next_iteration: int) -> None:
+        read_back()
+        meta = {"run": run_id, "next_iteration": next_iteration, "history": history, "total_queries": total_queries,
+                "book": {"failures": book.failures.tolist()}}
+        save_checkpoint(checkpoint, EngineState(known, server, key, jnp.zeros((R,), bool)), meta)
+
     received_init = np.asarray(state.workers.selection.fragment_probs)
     del state
     try:
-        for it in range(iterations):
-            if it == 0:
+        for it in range(first, iterations):
+            if it == first:
                 arrived = np.ones(R, bool)
                 p = received_init
                 losses = np.zeros(R)
@@ -435,8 +483,8 @@ def run_runtime(
                     p[i], losses[i] = msg, loss
                 ready.clear()
             num_arrived = int(arrived.sum())
-            # the arrived messages' losses (computed from replies of earlier iterations; none at 0)
-            mean_loss = float(losses[arrived].mean()) if it > 0 and num_arrived else None
+            # the arrived messages' losses (from replies of earlier iterations; none at a (re)start)
+            mean_loss = float(losses[arrived].mean()) if it > first and num_arrived else None
             key, k_refresh, k_reply = jax.random.split(key, 3)
             server, num_rejected = receive(config, server, jnp.asarray(p, server.received.dtype), jnp.asarray(arrived))
             queries = 0
@@ -446,7 +494,7 @@ def run_runtime(
                 for round_key in jax.random.split(k_refresh, config.lower_rounds):
                     kd = np.asarray(jax.random.key_data(round_key))
                     current = np.asarray(lower.fragment_probs)
-                    grads = gather("gradient", lambda i: (current[i], kd), book.live)
+                    grads = gather("gradient", lambda i, p_=current, k_=kd: (p_[i], k_), book.live)
                     grad = np.zeros((R, M, N), current.dtype)
                     mask = np.zeros(R, bool)
                     for i, g in grads.items():
@@ -491,6 +539,8 @@ def run_runtime(
             if sink:
                 sink.write(json.dumps(record) + "\n")
                 sink.flush()
+            if checkpoint is not None and ((it + 1) % checkpoint_every == 0 or last):
+                save(it + 1)
             if on_iteration is not None:
                 on_iteration(it, driver)
             if progress:
@@ -521,4 +571,4 @@ def run_runtime(
     )
 
 
-__all__ = ["LocalDriver", "RUNTIMES", "RuntimeResult", "Worker", "WorkerLost", "make_workers", "run_runtime"]
+__all__ = ["RUNTIMES", "LocalDriver", "RuntimeResult", "Worker", "WorkerLost", "make_workers", "run_runtime"]

@@ -23,9 +23,10 @@ def _free_compiled_code():
     """Drop JAX's compiled executables after every test module.
 
     The jit caches key on static arguments, and the engine's static feedback function holds
-    its LLM (or oracle): without this, one pytest process keeps every module's models and
-    executables alive, and after ~250 tests XLA's compiler aborted when the process ran out
-    of memory mappings (``vm.max_map_count`` = 65530)."""
+    its LLM (or oracle), so one pytest process kept every module's models and executables
+    alive. The whole suite in one process then aborted inside XLA's compiler at ~77 % (a
+    native "Fatal Python error: Aborted", 11.5 GB resident at the end; measured twice).
+    With this fixture the same suite peaked at 8.6 GB and passed."""
     yield
     jax.clear_caches()
     gc.collect()

@@ -216,3 +216,27 @@ def test_ray_unreachable_address_is_a_clear_error(task):
         check_reachable("127.0.0.1:9", seconds=2)
     with pytest.raises(ValueError, match="host:port"):
         check_reachable("nonsense")
+
+
+def test_checkpoint_and_resume(task, tmp_path):
+    """A run stopped after its checkpoint at iteration 6 and resumed ends exactly where an
+    uninterrupted one does (S = R: the arrival sets do not depend on timing)."""
+    config = config_of(task)
+    whole = run(task, config, iterations=10)
+    path = tmp_path / "ckpt.npz"
+
+    def crash(iteration, driver):
+        if iteration == 7:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(task, config, iterations=10, checkpoint=str(path), checkpoint_every=3, on_iteration=crash)
+    resumed = run(task, config, iterations=10, checkpoint=str(path), checkpoint_every=3, resume=True,
+                  history_path=str(tmp_path / "h.jsonl"))
+    assert resumed.iterations == 10 and len((tmp_path / "h.jsonl").read_text().splitlines()) == 10
+    assert [h["arrived"] for h in resumed.history] == [h["arrived"] for h in whole.history]
+    assert np.array_equal(resumed.server.consensus, whole.server.consensus)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(resumed.workers), jax.tree.leaves(whole.workers)))
+    assert resumed.final_test_accuracy == whole.final_test_accuracy
+    with pytest.raises(ValueError, match="belongs to another run"):
+        run(task, config, iterations=12, checkpoint=str(path), resume=True)
