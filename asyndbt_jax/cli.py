@@ -245,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
                                               f"(default {DEFAULTS['feddtpt_client']})")
     run.add_argument("--feddtpt-server", help="feddtpt's server: cluster (the method), no-cluster, fedavg or kmeans "
                                               f"(default {DEFAULTS['feddtpt_server']})")
+    run.add_argument("--feddtpt-async", action="store_true", default=None,
+                     help="feddtpt on the virtual clock: the server aggregates once --active uploads arrived, "
+                          "with --staleness and --delay (our extension; default: synchronous rounds as its paper)")
     run.add_argument("--iterations", type=int, help=f"server iterations; feddtpt: rounds (default {DEFAULTS['iterations']})")
     run.add_argument("--samples", type=int, help=f"sampled configurations per estimate, I (default {DEFAULTS['samples']})")
     run.add_argument("--fragment-words", type=int, help=f"fragment length M (default {DEFAULTS['fragment_words']}; paper 75)")

@@ -57,6 +57,7 @@ class JobConfig:
     aggregator: str = "sign_consensus"
     feddtpt_client: str = "feedback"  # feddtpt's client: feedback | no-feedback | random
     feddtpt_server: str = "cluster"  # feddtpt's server: cluster | no-cluster | fedavg | kmeans
+    feddtpt_async: bool = False  # feddtpt on the virtual clock (--active, --staleness, --delay); default: synchronous rounds
     iterations: int = 25  # server iterations; feddtpt: communication rounds
     samples: int = 4
     fragment_words: int = 10
@@ -447,6 +448,7 @@ def _run_feddtpt(cfg: JobConfig, task, scorer, cache, train, split, out: Path, a
     public set, ``iterations`` rounds of ``samples`` proposals each; no checkpoints (a resumed
     run reruns it, its LLM scores answered from the response cache)."""
     from .feddtpt import ClientConfig, LocalProposer, OpenAIProposer, ServerConfig, run_feddtpt
+    from .simulator import parse_delay
 
     proposer = None
     if cfg.feddtpt_client != "random":
@@ -456,10 +458,12 @@ def _run_feddtpt(cfg: JobConfig, task, scorer, cache, train, split, out: Path, a
         client=ClientConfig(kind=cfg.feddtpt_client, num_candidates=cfg.samples, max_length=cfg.fragment_words),
         server=ServerConfig(method=cfg.feddtpt_server), proposer=proposer, cache=cache, seed=cfg.seed,
         progress=cfg.progress, history_path=out / "history.jsonl",
+        **(dict(delay=parse_delay(cfg.delay), num_active=cfg.active, max_staleness=cfg.staleness) if cfg.feddtpt_async else {}),
     )
     accuracy["feddtpt"] = result.test_accuracy
     prompts["feddtpt"] = result.llm_prompts
-    return {"rounds": result.rounds, "learned_fragment": result.prompt_text,
+    return {"rounds": result.rounds, "learned_fragment": result.prompt_text, "asynchronous": cfg.feddtpt_async,
+            **({"virtual_time": result.history[-1].get("virtual_time")} if cfg.feddtpt_async else {}),
             "final_public_accuracy": result.public_accuracy,
             "communication": {k: getattr(result, k) for k in ("upload_tokens", "upload_bytes", "download_tokens",
                                                               "download_bytes")},

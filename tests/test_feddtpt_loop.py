@@ -322,3 +322,38 @@ def test_default_embedder_is_minilm(monkeypatch):
     assert len(made) == 1 and result.rounds == 2 and 1 <= len(result.prompt) <= 10
     film, movie, weather = made[0](["film", "movie", "weather"])
     assert film.shape == (384,) and film @ movie > film @ weather + 0.3
+
+
+# ----------------------------------------------------------------------------- asynchronous extension
+
+
+def test_asynchronous_rounds_with_everyone_equal_the_synchronous_ones():
+    from asyndbt_jax.simulator import parse_delay
+
+    sync, _ = run(rounds=3)
+    asyn, _ = run(rounds=3, delay=parse_delay("lognormal:1.0"), num_active=4)
+    assert [h["prompt"] for h in asyn.history] == [h["prompt"] for h in sync.history]
+    assert asyn.test_accuracy == sync.test_accuracy == 1.0
+    assert asyn.client_histories == sync.client_histories
+    times = [h["virtual_time"] for h in asyn.history[1:]]
+    assert times == sorted(times) and times[0] > 0
+
+
+def test_asynchronous_rounds_respect_s_and_tau():
+    from asyndbt_jax.simulator import parse_delay
+
+    result, scorer = run(rounds=8, delay=parse_delay("classes:1,1,1,8"), num_active=1, max_staleness=2,
+                         client=ClientConfig(kind="random", num_candidates=2), proposer=None)
+    rounds = result.history[1:]
+    assert all(h["participants"] >= 1 for h in rounds)
+    assert max(h["max_staleness"] for h in rounds) <= 2
+    assert max(h["max_staleness"] for h in rounds) == 2  # the slow client 3 is waited for only when it must be
+    assert sum(h["participants"] for h in rounds) < 4 * 8  # fewer client rounds than synchronous rounds would run
+    assert result.llm_prompts == scorer.prompts
+    again, _ = run(rounds=8, delay=parse_delay("classes:1,1,1,8"), num_active=1, max_staleness=2,
+                   client=ClientConfig(kind="random", num_candidates=2), proposer=None)
+    assert _stable(again) == _stable(result)
+    with pytest.raises(ValueError, match="num_active"):
+        run(rounds=1, delay=parse_delay("constant:1"), num_active=5)
+    with pytest.raises(ValueError, match="clients_per_round"):
+        run(rounds=1, delay=parse_delay("constant:1"), clients_per_round=2)

@@ -236,5 +236,13 @@ def test_feddtpt_is_a_method_of_the_job(tmp_path, capsys):
     assert isinstance(out["learned_fragment"], str)
     history = (tmp_path / "f" / "history.jsonl").read_text().splitlines()
     assert len(history) == 3  # round 0 (the initial prompt) and two rounds
+    # the asynchronous extension: the same job on the virtual clock
+    assert main(["run", "--json", *TINY, "--iterations", "2", "--method", "feddtpt", "--feddtpt-client", "random",
+                 "--feddtpt-server", "no-cluster", "--feddtpt-async", "--out", str(tmp_path / "a"),
+                 "--cache", str(tmp_path / "r.sqlite")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["asynchronous"] and out["virtual_time"] > 0 and out["rounds"] == 2
+    rounds = [json.loads(line) for line in (tmp_path / "a" / "history.jsonl").read_text().splitlines()][1:]
+    assert all(1 <= r["participants"] <= 3 for r in rounds) and max(r["max_staleness"] for r in rounds) <= 4
     with pytest.raises(SystemExit, match=r"unknown feddtpt server 'dbscan'; known: \['cluster'"):
         main(["run", "--json", *TINY, "--method", "feddtpt", "--feddtpt-server", "dbscan", "--out", str(tmp_path / "g")])

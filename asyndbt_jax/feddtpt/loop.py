@@ -263,6 +263,83 @@ def _server_step(uploads, table: WordTable, server: ServerConfig, client_length:
 # ----------------------------------------------------------------------------- the run
 
 
+class _Clock(NamedTuple):
+    """What :class:`~asyndbt_jax.simulator.Clock` reads of an engine configuration."""
+
+    num_workers: int
+    num_active: int
+    max_staleness: int
+    lower_rounds: int = 1
+
+
+def _async_rounds(rounds, R, S, tau, delay, seed, queries, global_prompt, histories, client, proposer, words_vocab,
+                  description, evaluator, table, server, max_length, public_accuracy, totals, record, sink, stop,
+                  started):
+    """FedDTPT on the simulator's virtual clock (see ``delay`` in :func:`run_feddtpt`).
+
+    As in the simulated AsynDBT, a client computes its round when it is sent the global
+    prompt, and its upload reaches the server after its delay. Returns ``(rounds done, global prompt)``."""
+    from ..simulator import Clock
+
+    clock = Clock(_Clock(R, S, tau), delay, seed)
+    pending: list[Words | None] = [None] * R  # computed, not yet arrived
+    latest: list[Words | None] = [None] * R  # the last upload the server received from each client
+    accuracy: list[float | None] = [None] * R
+
+    def reply(clients, prompt, t, counts) -> None:
+        for r in clients:
+            if not queries[r].size:
+                continue
+            counts["download_tokens"] += len(prompt)
+            counts["download_bytes"] += _bytes(prompt)
+            out = client_round(client, prompt, histories[r], lambda words, q=queries[r]: evaluator.accuracy(words, q),
+                               proposer=proposer, vocabulary=words_vocab, description=description, seed=_seed(seed, t, r))
+            histories[r], pending[r], accuracy[r] = out.history, out.prompt, out.accuracy
+            for name in ("proposer_calls", "parse_failures", "proposer_errors", "skipped"):
+                counts[name] += getattr(out, name)
+
+    # the broadcast of the initial prompt: every client tunes from it
+    counts = dict.fromkeys(_COUNTERS, 0)
+    before = evaluator.prompts
+    reply(range(R), global_prompt, 1, counts)  # seeded by the round its upload is meant for, as synchronous rounds are
+    totals["tuning_prompts"] += evaluator.prompts - before
+    everyone = np.ones(R, bool)
+    clock.next_arrivals(0)
+    clock.after_step(everyone, False)
+    idle = sum(not q.size for q in queries)
+    done = 0
+    for t in range(1, rounds + 1):
+        if stop is not None and stop():
+            break
+        round_start, prompts_before, eval_before = time.perf_counter(), evaluator.prompts, totals["evaluation_prompts"]
+        arrived = clock.next_arrivals(t)
+        for r in np.flatnonzero(arrived):
+            if pending[r] is not None:
+                latest[r] = pending[r]
+                counts["upload_tokens"] += len(pending[r])
+                counts["upload_bytes"] += _bytes(pending[r])
+                pending[r] = None
+        merged, num_clusters, eps = _server_step(latest, table, server, client.max_length, max_length, seed, t)
+        global_prompt = merged or global_prompt
+        if t < rounds:  # the last round's replies would never be read
+            reply(np.flatnonzero(arrived), global_prompt, t + 1, counts)
+        clock.after_step(arrived, False)
+        tuning = evaluator.prompts - prompts_before
+        pub = public_accuracy(global_prompt)
+        for name, value in counts.items():
+            totals[name] += value
+        totals["tuning_prompts"] += tuning
+        done = t
+        record({"round": t, "prompt": prompt_text(global_prompt), "words": len(global_prompt),
+                "public_accuracy": pub, "client_accuracy": [a if arrived[r] else None for r, a in enumerate(accuracy)],
+                **counts, "tuning_prompts": tuning, "evaluation_prompts": totals["evaluation_prompts"] - eval_before,
+                "participants": int(arrived.sum()), "idle": idle, "num_clusters": num_clusters, "eps": eps,
+                "seconds": time.perf_counter() - round_start, "virtual_time": clock.time,
+                "max_staleness": int(clock.staleness.max())}, sink)
+        counts = dict.fromkeys(_COUNTERS, 0)
+    return done, global_prompt
+
+
 @dataclasses.dataclass
 class FedDTPTResult:
     """What :func:`run_feddtpt` returns.
@@ -315,7 +392,8 @@ def run_feddtpt(task, scorer, train, public, test, *, rounds: int = 10, client: 
                 embedder: Callable[[Sequence[str]], np.ndarray] | None = None,
                 initial_prompt: str | Sequence[str] = DEFAULT_INITIAL_PROMPT, clients_per_round: int | None = None,
                 cache=None, seed: int = 0, progress: bool = False, history_path: str | Path | None = None,
-                stop: Callable[[], bool] | None = None) -> FedDTPTResult:
+                stop: Callable[[], bool] | None = None, delay=None, num_active: int | None = None,
+                max_staleness: int = 4) -> FedDTPTResult:
     """FedDTPT: synchronous federated discrete prompt tuning (module docstring).
 
     Args:
@@ -341,6 +419,15 @@ def run_feddtpt(task, scorer, train, public, test, *, rounds: int = 10, client: 
         progress: print one line per round to stderr.
         history_path: write the per-round history as JSON lines there.
         stop: called before every round; ``True`` ends the run (e.g. a spent budget).
+        delay: a :class:`~asyndbt_jax.simulator.DelayModel`: run **asynchronously** on the
+            simulator's virtual clock (our extension; the paper is synchronous). A round is
+            a server iteration: it aggregates every client's latest upload once at least
+            ``num_active`` new uploads have arrived and no client is more than
+            ``max_staleness`` rounds stale (it waits for one that would be), then sends the
+            new global prompt to the clients that arrived, which tune from it. ``None``
+            (default): synchronous rounds as in the paper.
+        num_active: S, uploads the asynchronous server waits for (default: all clients).
+        max_staleness: τ of the asynchronous server.
 
     Returns:
         A :class:`FedDTPTResult`. ``history[t]`` holds ``round``, ``prompt``, ``words``,
@@ -375,6 +462,15 @@ def run_feddtpt(task, scorer, train, public, test, *, rounds: int = 10, client: 
     per_round = R if clients_per_round is None else int(clients_per_round)
     if not 1 <= per_round <= R:
         raise ValueError(f"clients_per_round must be between 1 and {R}, got {clients_per_round}")
+    if delay is not None:
+        S = R if num_active is None else int(num_active)
+        if not 1 <= S <= R:
+            raise ValueError(f"num_active (S) must be between 1 and {R}, got {num_active}")
+        if clients_per_round is not None:
+            raise ValueError("clients_per_round is the synchronous rounds' sampling; the asynchronous server "
+                             "takes num_active instead")
+        if max_staleness < 0:
+            raise ValueError(f"max_staleness must be >= 0, got {max_staleness}")
     max_length = int(server.max_length or client.max_length)
     words_vocab = vocabulary_words(task.vocabulary)
     if client.kind == "random" and not words_vocab:
@@ -423,7 +519,12 @@ def run_feddtpt(task, scorer, train, public, test, *, rounds: int = 10, client: 
                 "participants": 0, "idle": 0, "num_clusters": 0, "eps": None,
                 "seconds": time.perf_counter() - started}, sink)
         done = 0
-        for t in range(1, rounds + 1):
+        if delay is not None:
+            done, global_prompt = _async_rounds(
+                rounds, R, S, max_staleness, delay, seed, queries, global_prompt, histories, client, proposer,
+                words_vocab, description, evaluator, table, server, max_length, public_accuracy, totals, record,
+                sink, stop, started)
+        for t in range(1, rounds + 1 if delay is None else 1):
             if stop is not None and stop():
                 break
             round_start, prompts_before, eval_before = time.perf_counter(), evaluator.prompts, totals["evaluation_prompts"]
