@@ -240,3 +240,11 @@ def test_checkpoint_and_resume(task, tmp_path):
     assert resumed.final_test_accuracy == whole.final_test_accuracy
     with pytest.raises(ValueError, match="belongs to another run"):
         run(task, config, iterations=12, checkpoint=str(path), resume=True)
+
+
+def test_ray_missing_names_the_extra(task, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` now fails as if it were not installed
+    with pytest.raises(ImportError, match=r"pip install 'asyndbt_jax\[ray\]'"):
+        run(task, config_of(task), runtime="ray", iterations=2)
