@@ -1,0 +1,100 @@
+"""Transferability: prompts learned with one local model, evaluated with another (FedDTPT's check).
+
+    python benchmarks/transfer.py RUN_DIR... [--model smollm2-135m] [--json] [--out FILE]
+
+For every finished ``asyndbt run`` folder: rebuild its task split from the stored settings
+(same seed, same test examples), render the prompt it learned (each worker's demonstrations
+with the learned fragment; FedDTPT: its global note), and score it on the test set with the
+run's own model (a check: it must give the stored test accuracy; answers come from the
+response cache) and with ``--model`` (the transfer). The manual prompt on ``--model`` is the
+reference. Runs of methods that learn no prompt (manual, random-icl, kate) are skipped.
+Prints one JSON object with a row per run. Never asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402
+
+from asyndbt_jax.job import JobConfig, load_task, make_scorer  # noqa: E402
+from asyndbt_jax.llm import ResponseCache, cache_root  # noqa: E402
+from asyndbt_jax.tasks import paper_split  # noqa: E402
+
+
+def learned_prompts(result: dict, answers) -> list[tuple[list, list[str]]]:
+    """The run's learned prompts as ``(demos [(example, label)], fragment words)``: one per
+    worker (their demonstrations differ), or FedDTPT's single global note."""
+    words = result.get("learned_fragment", "").split()
+    shown = result.get("learned_demonstrations") or [[]]
+    out = []
+    for worker in shown:
+        demos = [({k: v for k, v in d.items() if k != "label"}, answers.index(d["label"])) for d in worker]
+        out.append((demos, words))
+    return out
+
+
+def accuracy(scorer, template, prompts, queries, labels, cache) -> float:
+    """Mean over ``prompts`` of the test accuracy of each."""
+    scores = []
+    for demos, words in prompts:
+        prefix, texts = template.render(demos, words, queries)
+        logp = scorer.score(prefix, texts, template.label_words, cache=cache)
+        scores.append(float(np.mean(np.argmax(logp, -1) == labels)))
+    return float(np.mean(scores))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("runs", nargs="+", type=Path)
+    parser.add_argument("--model", default="smollm2-135m", help="the model to transfer to (default smollm2-135m)")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    cache = ResponseCache(cache_root() / "responses.sqlite")
+    scorers: dict[str, object] = {}
+    rows = []
+    for run in args.runs:
+        result_file = run / "result.json"
+        if not result_file.exists():
+            print(f"skip {run}: no result.json (unfinished)", file=sys.stderr)
+            continue
+        result = json.loads(result_file.read_text())
+        if not result.get("learned_demonstrations") and not result.get("learned_fragment"):
+            print(f"skip {run}: {result['method']} learns no prompt", file=sys.stderr)
+            continue
+        stored = json.loads((run / "config.json").read_text())
+        known = {f.name for f in dataclasses.fields(JobConfig)}
+        cfg = JobConfig(**{k: v for k, v in stored.items() if k in known} | {"progress": False})
+        data, test_pool = load_task(cfg)
+        split = paper_split(data, seed=cfg.seed, test=cfg.test_size, test_pool=test_pool)
+        template = data.template
+        queries = [data.examples[int(i)] for i in split.test]
+        labels = np.asarray(data.labels)[np.asarray(split.test)]
+        prompts = learned_prompts(result, list(template.answers))
+        row = {"run": str(run), "task": result["task"], "method": result["method"], "learned_on": cfg.model,
+               "evaluated_on": args.model, "stored_test_accuracy": result["test_accuracy"][result["method"]]}
+        for name, model in (("same_model", cfg.model), ("other_model", args.model)):
+            if model not in scorers:
+                print(f"loading {model} ...", file=sys.stderr)
+                scorers[model] = make_scorer(dataclasses.replace(cfg, model=model, base_url=None))
+            row[f"accuracy_{name}"] = accuracy(scorers[model], template, prompts, queries, labels, cache)
+        row["reproduced"] = abs(row["accuracy_same_model"] - row["stored_test_accuracy"]) < 1e-6
+        row["manual_other_model"] = accuracy(scorers[args.model], template, [([], [])], queries, labels, cache)
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr)
+    text = json.dumps({"benchmark": "transfer", **machine(), "rows": rows}, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
