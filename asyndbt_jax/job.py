@@ -166,9 +166,10 @@ def make_scorer(cfg: JobConfig):
 
 
 def differences(old: dict, new: dict) -> list[str]:
-    """The result-changing settings in which two configurations (as dicts) differ, as ``name=old (now new)``."""
-    return [f"{k}={old.get(k)!r} (now {new[k]!r})" for k in sorted(new)
-            if k not in _NOT_RESULTS and old.get(k) != new[k]]
+    """The result-changing settings in which two configurations (as dicts) differ, as ``name=old (now new)``.
+    A setting a configuration lacks (written before the setting existed) counts as its default."""
+    return [f"{k}={old.get(k, DEFAULTS.get(k))!r} (now {new[k]!r})" for k in sorted(new)
+            if k not in _NOT_RESULTS and old.get(k, DEFAULTS.get(k)) != new[k]]
 
 
 def _claim(out: Path, cfg: JobConfig) -> None:
