@@ -11,12 +11,18 @@ a registry task (route 1, ``asyndbt data prepare``). Defaults: the real GLUE fil
 have them (SST-2, CoLA, MRPC, QQP), QNLI rebuilt from SQuAD and the telecom task from the
 registry.
 
+FedDTPT's ablation (issue 6) runs as method variants ``feddtpt:client=KIND`` and
+``feddtpt:server=KIND`` (``--methods`` takes them like any method; ``--feddtpt-ablation`` adds
+all five). The tables always cover every finished run under ``--runs-dir`` whose settings
+match, whatever ``--tasks``/``--methods`` selected to run now.
+
 Prints one JSON object: ``device``, ``runs_total``, ``runs_done``, ``runs_run_now``,
 ``cells`` (task → method → {mean, std, n}), ``results_md``.
 
     python benchmarks/paper_tables.py --seeds 5                      # the full grid
     python benchmarks/paper_tables.py --tasks glue:sst2 --methods manual,asyndbt --seeds 1
     python benchmarks/paper_tables.py --report-only                  # tables from what ran
+    python benchmarks/paper_tables.py --tasks glue:sst2 --seeds 1 --feddtpt-ablation --methods feddtpt
 """
 
 from __future__ import annotations
@@ -57,12 +63,46 @@ PAPER = {
 PAPER_ABLATION = {"both": (89, 85.5, 95.5, 84.5, 83.5, 89.5), "demos only": (84, 86.5, 94.5, 80.5, 82, 88),
                   "fragment only": (60, 84.5, 93, 77, 79, 84), "neither": (58, 83, 93.5, 77, 81, 84)}
 ABLATION = {"both": "cendbt", "demos only": "demos-only", "fragment only": "bdpl", "neither": "manual"}
+# FedDTPT's ablation (its paper's Table 4 analogue): row name -> method spec
+FEDDTPT_ABLATION = {"FedDTPT (feedback client, cluster server)": "feddtpt",
+                    "client: no feedback": "feddtpt:client=no-feedback", "client: random": "feddtpt:client=random",
+                    "server: no clustering": "feddtpt:server=no-cluster", "server: FedAvg": "feddtpt:server=fedavg",
+                    "server: k-means": "feddtpt:server=kmeans"}
 
 
-def job_config(task: str, method: str, seed: int, args, out: Path) -> JobConfig:
+def parse_method(spec: str) -> tuple[str, dict]:
+    """``"feddtpt:server=kmeans"`` -> ``("feddtpt", {"feddtpt_server": "kmeans"})``."""
+    method, _, variant = spec.partition(":")
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known: {list(METHODS)}")
+    if not variant:
+        return method, {}
+    part, _, kind = variant.partition("=")
+    if method != "feddtpt" or part not in ("client", "server") or not kind:
+        raise ValueError(f"bad method variant {spec!r}: only feddtpt:client=KIND and feddtpt:server=KIND")
+    return method, {f"feddtpt_{part}": kind}
+
+
+def method_spec(config: dict) -> str:
+    """The method spec a finished run's config stands for (the inverse of :func:`parse_method`)."""
+    if config["method"] != "feddtpt":
+        return config["method"]
+    client, server = config.get("feddtpt_client", "feedback"), config.get("feddtpt_server", "cluster")
+    if client != "feedback":
+        return f"feddtpt:client={client}"
+    return f"feddtpt:server={server}" if server != "cluster" else "feddtpt"
+
+
+def run_dir(runs_dir: Path, task: str, spec: str, seed: int) -> Path:
+    name = spec.replace(":", "-").replace("=", "-")
+    return runs_dir / f"{task.replace(':', '-')}-{name}-seed{seed}"
+
+
+def job_config(task: str, spec: str, seed: int, args, out: Path) -> JobConfig:
     glue = task.startswith("glue:")
+    method, variant = parse_method(spec)
     values = dict(task=task.split(":", 1)[1] if glue else task, method=method, seed=seed, out=str(out),
-                  glue_dir=str(args.glue_dir) if glue else None, progress=not args.json)
+                  glue_dir=str(args.glue_dir) if glue else None, progress=not args.json, **variant)
     for name in ("iterations", "samples", "test_size"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)
@@ -75,7 +115,7 @@ def run_grid(args) -> tuple[list[Path], int]:
     for task in args.tasks:
         for method in args.methods:
             for seed in range(args.seeds):
-                out = args.runs_dir / f"{task.replace(':', '-')}-{method}-seed{seed}"
+                out = run_dir(args.runs_dir, task, method, seed)
                 cfg = job_config(task, method, seed, args, out)
                 finished = out / "result.json"
                 if finished.exists() and not differences(json.loads(finished.read_text())["config"], asdict(cfg)):
@@ -99,6 +139,26 @@ def run_grid(args) -> tuple[list[Path], int]:
     return done, ran
 
 
+def finished_runs(args) -> list[Path]:
+    """Every finished run under ``--runs-dir`` whose settings match what this invocation would
+    run for its (task, method spec, seed), so the report never drops cells run earlier."""
+    found = []
+    for result in sorted(args.runs_dir.glob("*/result.json")):
+        config = json.loads(result.read_text())["config"]
+        task = ("glue:" if config.get("glue_dir") else "") + config["task"]
+        if task.startswith("glue:") and not args.glue_dir:
+            continue
+        spec = method_spec(config)
+        try:
+            expected = job_config(task, spec, config["seed"], args, result.parent)
+        except ValueError:
+            continue
+        if run_dir(args.runs_dir, task, spec, config["seed"]) == result.parent and not differences(
+                config, asdict(expected)):
+            found.append(result.parent)
+    return found
+
+
 def _cell(values) -> str:
     if not values:
         return "—"
@@ -111,13 +171,16 @@ def tables(runs, args) -> tuple[str, dict]:
     for run in runs:
         r = run.result
         task = ("glue:" if r["config"].get("glue_dir") else "") + r["config"]["task"]
-        by.setdefault((task, r["method"]), []).append(run)
+        by.setdefault((task, method_spec(r["config"])), []).append(run)
     # one column per task, named by the paper's task it stands for (in the paper's order)
     column_of = {t: c for c in PAPER_COLUMNS for t in COLUMN_TASKS[c]}
     order = {c: i for i, c in enumerate(PAPER_COLUMNS)}
-    columns = sorted(((column_of.get(t, t), t) for t in args.tasks), key=lambda ct: order.get(ct[0], len(order)))
+    tasks = sorted({t for t, _ in by})
+    methods = [m for m in METHODS if any((t, m) in by for t in tasks)]
+    columns = sorted(((column_of.get(t, t), t) for t in tasks), key=lambda ct: order.get(ct[0], len(order)))
     acc = lambda task, method: [x.result["test_accuracy"][method] for x in by.get((task, method), [])]  # noqa: E731
-    cells = {t: {m: dict(zip(("mean", "std", "n"), _stats(acc(t, m)))) for m in args.methods if acc(t, m)}
+    cells = {t: {m: dict(zip(("mean", "std", "n"), _stats(acc(t, m)))) for m in {*methods, *FEDDTPT_ABLATION.values()}
+                 if acc(t, m)}
              for _, t in columns}
     info = machine()
     lines = [
@@ -141,7 +204,7 @@ def tables(runs, args) -> tuple[str, dict]:
         "| method | " + " | ".join(c for c, _ in columns) + " |",
         "|---|" + "---|" * len(columns),
     ]
-    for m in args.methods:
+    for m in methods:
         lines.append(f"| {m} | " + " | ".join(_cell(acc(t, m)) for _, t in columns) + " |")
         if m in PAPER:
             paper = dict(zip(PAPER_COLUMNS, PAPER[m]))
@@ -156,10 +219,29 @@ def tables(runs, args) -> tuple[str, dict]:
         paper = dict(zip(PAPER_COLUMNS, PAPER_ABLATION[name]))
         lines.append(f"| *{name}, paper* | " + " | ".join(f"*{paper[c]:.1f}*" if c in paper else ""
                                                            for c, _ in columns) + " |")
+    if any((t, m) in by for t in tasks for m in list(FEDDTPT_ABLATION.values())[1:]):
+        lines += ["", "## FedDTPT ablation (its clients and its server)", "",
+                  "One component swapped at a time: the client without the edit history (`no-feedback`) or "
+                  "with random token replacement instead of the proposer (`random`); the server without "
+                  "DBSCAN (`no-cluster`: highest-attention tokens), averaging embeddings (`fedavg`) or "
+                  "k-means instead of DBSCAN (`kmeans`). Upload = client prompts sent to the server, "
+                  "summed over rounds.", "",
+                  "| variant | task | accuracy % | prompts | proposer calls | upload tokens | upload bytes |",
+                  "|---|---|---|---|---|---|---|"]
+        for name, m in FEDDTPT_ABLATION.items():
+            for _, t in columns:
+                rs = by.get((t, m), [])
+                if rs:
+                    com = [x.result.get("communication", {}) for x in rs]
+                    prop = [x.result.get("proposer", {}).get("proposer_calls", 0) for x in rs]
+                    lines.append(f"| {name} | {t} | {_cell(acc(t, m))} | "
+                                 f"{np.mean([x.result['llm_prompts'] for x in rs]):.0f} | {np.mean(prop):.0f} | "
+                                 f"{np.mean([c.get('upload_tokens', 0) for c in com]):.0f} | "
+                                 f"{np.mean([c.get('upload_bytes', 0) for c in com]):.0f} |")
     lines += ["", "## Cost: LLM prompts, virtual time and wall time per run (mean over seeds)", "",
               "| task | method | prompts | virtual time | wall s |", "|---|---|---|---|---|"]
     for _, t in columns:
-        for m in args.methods:
+        for m in [*methods, *(v for v in FEDDTPT_ABLATION.values() if v not in methods)]:
             rs = by.get((t, m), [])
             if rs:
                 vt = [x.result["virtual_time"] for x in rs if "virtual_time" in x.result]
@@ -208,17 +290,26 @@ def main() -> None:
     parser.add_argument("--no-plots", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "results.md")
     parser.add_argument("--json", action="store_true", help="no progress output")
+    parser.add_argument("--feddtpt-ablation", action="store_true",
+                        help="also run FedDTPT's client and server variants (feddtpt:client=…, feddtpt:server=…)")
     args = parser.parse_args()
     if args.tasks:
         args.tasks = args.tasks.split(",")
     else:
         args.tasks = [COLUMN_TASKS[c][0 if args.glue_dir else 1] for c in PAPER_COLUMNS]
     args.methods = args.methods.split(",")
+    if args.feddtpt_ablation:
+        args.methods += [m for m in FEDDTPT_ABLATION.values() if m not in args.methods]
+    for spec in args.methods:
+        try:
+            parse_method(spec)
+        except ValueError as exc:
+            parser.error(str(exc))
     if any(t.startswith("glue:") for t in args.tasks) and not args.glue_dir:
         parser.error("glue: tasks need --glue-dir")
     started = time.perf_counter()
     finished, ran = run_grid(args)
-    runs = [load_run(p) for p in finished]
+    runs = [load_run(p) for p in finished_runs(args)]
     text, cells = tables(runs, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
