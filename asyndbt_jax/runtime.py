@@ -44,7 +44,6 @@ import sys
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -68,7 +67,7 @@ from .engine import (
     worker_reply,
 )
 from .selection import Configuration
-from .simulator import DelayModel, load_checkpoint, save_checkpoint
+from .simulator import DelayModel, check_run_args, resume_from, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -330,33 +329,20 @@ def run_runtime(
     Returns:
       :class:`RuntimeResult`.
     """
-    config.validate()
+    eval_every = iterations if eval_every is None else eval_every
+    check_run_args(config, iterations, eval_every, checkpoint_every, checkpoint, resume)
     if config.num_malicious:
         raise ValueError("attacks are simulated only (asyndbt simulate / the simulator): num_malicious must be 0 here")
-    if not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be positive seconds, got {timeout!r}")
     if runtime not in RUNTIMES:
         raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-    eval_every = iterations if eval_every is None else eval_every
-    if eval_every < 1:
-        raise ValueError(f"eval_every must be >= 1, got {eval_every!r}")
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every!r}")
-    if resume and checkpoint is None:
-        raise ValueError("resume needs the checkpoint file to resume from")
     R, S, tau = config.num_workers, config.num_active, config.max_staleness
     state = init_state(config, jax.random.key(seed))
     run_id = {"config": repr(config), "iterations": iterations, "seed": seed, "eval_every": eval_every, "runtime": "real"}
     first, history, total_queries, saved_book = 0, [], 0, None
     if resume:
-        if not Path(checkpoint).exists():
-            raise FileNotFoundError(f"no checkpoint to resume from at {checkpoint}")
-        state, meta = load_checkpoint(checkpoint, state)
-        differ = sorted(k for k in run_id if meta.get("run", {}).get(k) != run_id[k])
-        if differ:
-            raise ValueError(f"checkpoint {checkpoint} belongs to another run (it differs in {', '.join(differ)})")
+        state, meta = resume_from(checkpoint, state, run_id)
         first, history, total_queries, saved_book = meta["next_iteration"], meta["history"], meta["total_queries"], meta["book"]
     server, key = state.server, state.key
     known = jax.device_get(state.workers)  # the latest variables of every worker the server has seen

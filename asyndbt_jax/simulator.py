@@ -224,6 +224,32 @@ def load_checkpoint(path: str | os.PathLike, template: EngineState) -> tuple[Eng
     return jax.tree.unflatten(treedef, restored), meta
 
 
+def check_run_args(config: AsynDBTConfig, iterations, eval_every: int, checkpoint_every: int,
+                   checkpoint, resume: bool) -> None:
+    """The argument checks every server loop (the simulator, the real runtime) shares."""
+    config.validate()
+    if not isinstance(iterations, int) or iterations < 1:
+        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
+    if eval_every < 1:
+        raise ValueError(f"eval_every must be >= 1, got {eval_every!r}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every!r}")
+    if resume and checkpoint is None:
+        raise ValueError("resume needs the checkpoint file to resume from")
+
+
+def resume_from(checkpoint: str | os.PathLike, template: EngineState, run_id: dict) -> tuple[EngineState, dict]:
+    """Load ``checkpoint`` to resume the run ``run_id`` names; refuses one written by another run
+    (naming the settings that differ) or a missing file."""
+    if not Path(checkpoint).exists():
+        raise FileNotFoundError(f"no checkpoint to resume from at {checkpoint}")
+    state, meta = load_checkpoint(checkpoint, template)
+    differ = sorted(k for k in run_id if meta.get("run", {}).get(k) != run_id[k])
+    if differ:
+        raise ValueError(f"checkpoint {checkpoint} belongs to another run (it differs in {', '.join(differ)})")
+    return state, meta
+
+
 def refresh_schedule(config: AsynDBTConfig, iterations: int) -> np.ndarray:
     """bool ``[T]``: the iterations that refresh the polyhedron (every ``δ``, bilevel methods only)."""
     every = np.arange(iterations) % config.refresh_every == 0
@@ -287,18 +313,10 @@ def simulate(
     Returns:
       ``SimulationResult`` with the final state, per-iteration history and totals.
     """
-    config.validate()
-    if not isinstance(iterations, int) or iterations < 1:
-        raise ValueError(f"iterations must be a positive integer, got {iterations!r}")
-    if eval_every < 1:
-        raise ValueError(f"eval_every must be >= 1, got {eval_every!r}")
+    check_run_args(config, iterations, eval_every, checkpoint_every, checkpoint, resume)
     test_every = eval_every if test_every is None else test_every
     if test_every < 1:
         raise ValueError(f"test_every must be >= 1, got {test_every!r}")
-    if checkpoint_every < 1:
-        raise ValueError(f"checkpoint_every must be >= 1, got {checkpoint_every!r}")
-    if resume and checkpoint is None:
-        raise ValueError("resume needs the checkpoint file to resume from")
     state = init_state(config, jax.random.key(seed))
     # The state is threaded through, so its buffers are donated: the step updates them in
     # place instead of holding input and output copies (halves peak memory at 100k workers).
@@ -315,12 +333,7 @@ def simulate(
     run_id = {"config": repr(config), "delay": repr(delay), "iterations": iterations, "seed": seed,
               "eval_every": eval_every, "test_every": test_every, "target_validation_accuracy": target_validation_accuracy}
     if resume:
-        if not Path(checkpoint).exists():
-            raise FileNotFoundError(f"no checkpoint to resume from at {checkpoint}")
-        state, meta = load_checkpoint(checkpoint, state)
-        differ = sorted(k for k in run_id if meta.get("run", {}).get(k) != run_id[k])
-        if differ:
-            raise ValueError(f"checkpoint {checkpoint} belongs to another run (it differs in {', '.join(differ)})")
+        state, meta = resume_from(checkpoint, state, run_id)
         clock.load_state_dict(meta["clock"])
         history, total_queries, reached = meta["history"], meta["total_queries"], meta["reached"]
         val_acc, test_acc, first = meta["validation_accuracy"], meta["test_accuracy"], meta["next_iteration"]
