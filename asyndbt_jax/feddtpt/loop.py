@@ -272,9 +272,96 @@ class _Clock(NamedTuple):
     lower_rounds: int = 1
 
 
-def _async_rounds(rounds, R, S, tau, delay, seed, queries, global_prompt, histories, client, proposer, words_vocab,
-                  description, evaluator, table, server, max_length, public_accuracy, totals, record, sink, stop,
-                  started):
+@dataclasses.dataclass
+class _Rounds:
+    """What both FedDTPT loops (the paper's synchronous rounds, our asynchronous extension)
+    share: a client's turn and the server's end-of-round bookkeeping."""
+
+    client: ClientConfig
+    server: ServerConfig
+    proposer: Proposer | None
+    evaluator: PromptEvaluator
+    table: WordTable
+    queries: list[np.ndarray]
+    histories: list[tuple]
+    words_vocab: Sequence[str]
+    description: str
+    max_length: int
+    seed: int
+    public_accuracy: Callable[[Words], float | None]
+    record: Callable[[dict], None]
+    totals: dict
+
+    def begin(self) -> tuple[float, int, int]:
+        """A round's start: (wall clock, prompts scored, evaluation prompts)."""
+        return time.perf_counter(), self.evaluator.prompts, self.totals["evaluation_prompts"]
+
+    def client_turn(self, r: int, prompt: Words, t: int, counts: dict):
+        """Client ``r`` tunes from ``prompt`` for round ``t`` (download and proposer counts go
+        to ``counts``); ``None`` for a client without data."""
+        if not self.queries[r].size:
+            return None
+        counts["download_tokens"] += len(prompt)
+        counts["download_bytes"] += _bytes(prompt)
+        out = client_round(self.client, prompt, self.histories[r],
+                           lambda words, q=self.queries[r]: self.evaluator.accuracy(words, q), proposer=self.proposer,
+                           vocabulary=self.words_vocab, description=self.description, seed=_seed(self.seed, t, r))
+        self.histories[r] = out.history
+        for name in ("proposer_calls", "parse_failures", "proposer_errors", "skipped"):
+            counts[name] += getattr(out, name)
+        return out
+
+    def aggregate(self, uploads, t: int) -> tuple[Words, int, float | None]:
+        return _server_step(uploads, self.table, self.server, self.client.max_length, self.max_length, self.seed, t)
+
+    def end_round(self, t: int, prompt: Words, counts: dict, start: tuple, **entry) -> None:
+        """Round ``t`` ends with global prompt ``prompt``: its public accuracy, the totals and its
+        history entry (``entry``: the loop's own fields)."""
+        started, prompts_before, eval_before = start
+        tuning = self.evaluator.prompts - prompts_before
+        pub = self.public_accuracy(prompt)
+        for name, value in counts.items():
+            self.totals[name] += value
+        self.totals["tuning_prompts"] += tuning
+        self.record({"round": t, "prompt": prompt_text(prompt), "words": len(prompt), "public_accuracy": pub,
+                     "client_accuracy": entry.pop("client_accuracy"), **counts, "tuning_prompts": tuning,
+                     "evaluation_prompts": self.totals["evaluation_prompts"] - eval_before,
+                     "participants": entry.pop("participants"), "idle": entry.pop("idle"),
+                     "num_clusters": entry.pop("num_clusters"), "eps": entry.pop("eps"),
+                     "seconds": time.perf_counter() - started, **entry})
+
+
+def _sync_rounds(fed: _Rounds, rounds: int, R: int, per_round: int, seed: int, global_prompt: Words, stop):
+    """The paper's synchronous rounds: ``per_round`` clients (all by default) tune from the global
+    prompt, the server aggregates their uploads. Returns ``(rounds done, global prompt)``."""
+    done = 0
+    for t in range(1, rounds + 1):
+        if stop is not None and stop():
+            break
+        start = fed.begin()
+        chosen = range(R) if per_round == R else sorted(
+            np.random.default_rng(_seed(seed, t)).choice(R, per_round, replace=False).tolist())
+        counts = dict.fromkeys(_COUNTERS, 0)
+        uploads: list[Words | None] = [None] * R
+        client_accuracy: list[float | None] = [None] * R
+        idle = 0
+        for r in chosen:
+            out = fed.client_turn(r, global_prompt, t, counts)
+            if out is None:
+                idle += 1
+                continue
+            uploads[r], client_accuracy[r] = out.prompt, out.accuracy
+            counts["upload_tokens"] += len(out.prompt)
+            counts["upload_bytes"] += _bytes(out.prompt)
+        merged, num_clusters, eps = fed.aggregate(uploads, t)
+        global_prompt = merged or global_prompt
+        fed.end_round(t, global_prompt, counts, start, client_accuracy=client_accuracy,
+                      participants=len(chosen) - idle, idle=idle, num_clusters=num_clusters, eps=eps)
+        done = t
+    return done, global_prompt
+
+
+def _async_rounds(fed: _Rounds, rounds: int, R: int, S: int, tau: int, delay, seed: int, global_prompt: Words, stop):
     """FedDTPT on the simulator's virtual clock (see ``delay`` in :func:`run_feddtpt`).
 
     As in the simulated AsynDBT, a client computes its round when it is sent the global
@@ -288,30 +375,24 @@ def _async_rounds(rounds, R, S, tau, delay, seed, queries, global_prompt, histor
 
     def reply(clients, prompt, t, counts) -> None:
         for r in clients:
-            if not queries[r].size:
-                continue
-            counts["download_tokens"] += len(prompt)
-            counts["download_bytes"] += _bytes(prompt)
-            out = client_round(client, prompt, histories[r], lambda words, q=queries[r]: evaluator.accuracy(words, q),
-                               proposer=proposer, vocabulary=words_vocab, description=description, seed=_seed(seed, t, r))
-            histories[r], pending[r], accuracy[r] = out.history, out.prompt, out.accuracy
-            for name in ("proposer_calls", "parse_failures", "proposer_errors", "skipped"):
-                counts[name] += getattr(out, name)
+            out = fed.client_turn(r, prompt, t, counts)
+            if out is not None:
+                pending[r], accuracy[r] = out.prompt, out.accuracy
 
     # the broadcast of the initial prompt: every client tunes from it
     counts = dict.fromkeys(_COUNTERS, 0)
-    before = evaluator.prompts
+    before = fed.evaluator.prompts
     reply(range(R), global_prompt, 1, counts)  # seeded by the round its upload is meant for, as synchronous rounds are
-    totals["tuning_prompts"] += evaluator.prompts - before
+    fed.totals["tuning_prompts"] += fed.evaluator.prompts - before
     everyone = np.ones(R, bool)
     clock.next_arrivals(0)
     clock.after_step(everyone, False)
-    idle = sum(not q.size for q in queries)
+    idle = sum(not q.size for q in fed.queries)
     done = 0
     for t in range(1, rounds + 1):
         if stop is not None and stop():
             break
-        round_start, prompts_before, eval_before = time.perf_counter(), evaluator.prompts, totals["evaluation_prompts"]
+        start = fed.begin()
         arrived = clock.next_arrivals(t)
         for r in np.flatnonzero(arrived):
             if pending[r] is not None:
@@ -319,24 +400,17 @@ def _async_rounds(rounds, R, S, tau, delay, seed, queries, global_prompt, histor
                 counts["upload_tokens"] += len(pending[r])
                 counts["upload_bytes"] += _bytes(pending[r])
                 pending[r] = None
-        merged, num_clusters, eps = _server_step(latest, table, server, client.max_length, max_length, seed, t)
+        merged, num_clusters, eps = fed.aggregate(latest, t)
         global_prompt = merged or global_prompt
         if t < rounds:  # the last round's replies would never be read
             reply(np.flatnonzero(arrived), global_prompt, t + 1, counts)
         clock.after_step(arrived, False)
-        tuning = evaluator.prompts - prompts_before
-        pub = public_accuracy(global_prompt)
-        for name, value in counts.items():
-            totals[name] += value
-        totals["tuning_prompts"] += tuning
-        done = t
-        record({"round": t, "prompt": prompt_text(global_prompt), "words": len(global_prompt),
-                "public_accuracy": pub, "client_accuracy": [a if arrived[r] else None for r, a in enumerate(accuracy)],
-                **counts, "tuning_prompts": tuning, "evaluation_prompts": totals["evaluation_prompts"] - eval_before,
-                "participants": int(arrived.sum()), "idle": idle, "num_clusters": num_clusters, "eps": eps,
-                "seconds": time.perf_counter() - round_start, "virtual_time": clock.time,
-                "max_staleness": int(clock.staleness.max())}, sink)
+        fed.end_round(t, global_prompt, counts, start,
+                      client_accuracy=[a if arrived[r] else None for r, a in enumerate(accuracy)],
+                      participants=int(arrived.sum()), idle=idle, num_clusters=num_clusters, eps=eps,
+                      virtual_time=clock.time, max_staleness=int(clock.staleness.max()))
         counts = dict.fromkeys(_COUNTERS, 0)
+        done = t
     return done, global_prompt
 
 
@@ -497,7 +571,9 @@ def run_feddtpt(task, scorer, train, public, test, *, rounds: int = 10, client: 
         totals["evaluation_prompts"] += evaluator.prompts - before
         return acc
 
-    def record(entry: dict, sink) -> None:
+    sink = None
+
+    def record(entry: dict) -> None:
         history.append(entry)
         if sink is not None:
             sink.write(json.dumps(entry) + "\n")
@@ -508,8 +584,10 @@ def run_feddtpt(task, scorer, train, public, test, *, rounds: int = 10, client: 
                   f"prompt {entry['prompt']!r}, prompts={evaluator.prompts}, up {entry['upload_tokens']} tok",
                   file=sys.stderr, flush=True)
 
+    fed = _Rounds(client=client, server=server, proposer=proposer, evaluator=evaluator, table=table, queries=queries,
+                  histories=histories, words_vocab=words_vocab, description=description, max_length=max_length,
+                  seed=seed, public_accuracy=public_accuracy, record=record, totals=totals)
     with contextlib.ExitStack() as stack:
-        sink = None
         if history_path is not None:
             Path(history_path).parent.mkdir(parents=True, exist_ok=True)
             sink = stack.enter_context(open(history_path, "w"))
@@ -517,50 +595,11 @@ def run_feddtpt(task, scorer, train, public, test, *, rounds: int = 10, client: 
                 "public_accuracy": public_accuracy(global_prompt), "client_accuracy": [None] * R,
                 **dict.fromkeys(_COUNTERS, 0), "tuning_prompts": 0, "evaluation_prompts": totals["evaluation_prompts"],
                 "participants": 0, "idle": 0, "num_clusters": 0, "eps": None,
-                "seconds": time.perf_counter() - started}, sink)
-        done = 0
-        if delay is not None:
-            done, global_prompt = _async_rounds(
-                rounds, R, S, max_staleness, delay, seed, queries, global_prompt, histories, client, proposer,
-                words_vocab, description, evaluator, table, server, max_length, public_accuracy, totals, record,
-                sink, stop, started)
-        for t in range(1, rounds + 1 if delay is None else 1):
-            if stop is not None and stop():
-                break
-            round_start, prompts_before, eval_before = time.perf_counter(), evaluator.prompts, totals["evaluation_prompts"]
-            chosen = set(range(R)) if per_round == R else set(
-                np.random.default_rng(_seed(seed, t)).choice(R, per_round, replace=False).tolist())
-            counts = dict.fromkeys(_COUNTERS, 0)
-            uploads: list[Words | None] = [None] * R
-            client_accuracy: list[float | None] = [None] * R
-            idle = 0
-            for r in sorted(chosen):
-                if not queries[r].size:
-                    idle += 1
-                    continue
-                counts["download_tokens"] += len(global_prompt)
-                counts["download_bytes"] += _bytes(global_prompt)
-                out = client_round(client, global_prompt, histories[r],
-                                   lambda words, q=queries[r]: evaluator.accuracy(words, q), proposer=proposer,
-                                   vocabulary=words_vocab, description=description, seed=_seed(seed, t, r))
-                histories[r], uploads[r], client_accuracy[r] = out.history, out.prompt, out.accuracy
-                counts["upload_tokens"] += len(out.prompt)
-                counts["upload_bytes"] += _bytes(out.prompt)
-                for name in ("proposer_calls", "parse_failures", "proposer_errors", "skipped"):
-                    counts[name] += getattr(out, name)
-            tuning = evaluator.prompts - prompts_before
-            merged, num_clusters, eps = _server_step(uploads, table, server, client.max_length, max_length, seed, t)
-            global_prompt = merged or global_prompt
-            pub = public_accuracy(global_prompt)
-            for name, value in counts.items():
-                totals[name] += value
-            totals["tuning_prompts"] += tuning
-            done = t
-            record({"round": t, "prompt": prompt_text(global_prompt), "words": len(global_prompt),
-                    "public_accuracy": pub, "client_accuracy": client_accuracy, **counts, "tuning_prompts": tuning,
-                    "evaluation_prompts": totals["evaluation_prompts"] - eval_before,
-                    "participants": len(chosen) - idle, "idle": idle, "num_clusters": num_clusters, "eps": eps,
-                    "seconds": time.perf_counter() - round_start}, sink)
+                "seconds": time.perf_counter() - started})
+        if delay is None:
+            done, global_prompt = _sync_rounds(fed, rounds, R, per_round, seed, global_prompt, stop)
+        else:
+            done, global_prompt = _async_rounds(fed, rounds, R, S, max_staleness, delay, seed, global_prompt, stop)
 
     before = evaluator.prompts
     test_accuracy = evaluator.accuracy(global_prompt, test)
