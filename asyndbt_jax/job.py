@@ -425,7 +425,7 @@ def _run_on_runtime(cfg: JobConfig, data, task, feedback, train, validation, spl
                          iterations=cfg.iterations, runtime=cfg.runtime, seed=cfg.seed, progress=cfg.progress,
                          history_path=str(out / "history.jsonl"), ray_address=cfg.ray_address, actors=cfg.actors)
     accuracy[cfg.method] = result.final_test_accuracy
-    live = jax_tree_rows(result.workers)
+    live = _num_rows(result.workers)
     prompts[cfg.method] = result.queries + live * (validation.shape[1] + len(split.test))  # + the final evaluation
     decoded = prompts_of(config, result.workers.selection, result.server.consensus)
     return _learned(data, task, split, decoded) | {
@@ -440,7 +440,7 @@ def _run_on_runtime(cfg: JobConfig, data, task, feedback, train, validation, spl
     }
 
 
-def jax_tree_rows(workers) -> int:
+def _num_rows(workers) -> int:
     return 0 if workers is None else int(np.asarray(workers.selection.demo_probs).shape[0])
 
 
