@@ -12,7 +12,8 @@ prints the learned demonstrations and fragment.
 Everything it computes goes to ``--out`` (default ``runs/<task>-<method>-seed<seed>``):
 ``config.json`` (written first), ``history.jsonl`` (one line per server iteration),
 ``checkpoint.npz`` (the whole run, every ``checkpoint_every`` iterations: ``asyndbt run
---resume DIR`` continues it and ends exactly where an uninterrupted run ends) and
+--resume DIR`` continues it and ends exactly where an uninterrupted run ends; FedDTPT writes
+``checkpoint.json`` after every round instead) and
 ``result.json``. Settings come from the defaults, then a TOML file (``--config``), then
 ``--quick``, then the flags. LLM answers go to
 the response cache (``cache_root()/responses.sqlite``): rerunning the same job asks the
@@ -93,6 +94,7 @@ class JobConfig:
 _TYPES = typing.get_type_hints(JobConfig)
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(JobConfig)}
 QUICK = dict(iterations=3, samples=2, test_size=20)
+CHECKPOINTS = ("checkpoint.npz", "checkpoint.json")  # the engine's methods; feddtpt's
 _NOT_RESULTS = ("out", "cache", "progress", "checkpoint_every", "ray_address", "actors")  # settings that do not change what a run computes
 
 
@@ -187,11 +189,11 @@ def _claim(out: Path, cfg: JobConfig) -> None:
         if differ:
             raise ValueError(f"{out} holds a run with other settings: {', '.join(differ)}; choose another --out, "
                              "remove it, or --resume it (nothing was overwritten)")
-        if (out / "checkpoint.npz").exists() and not (out / "result.json").exists():
+        if any((out / name).exists() for name in CHECKPOINTS) and not (out / "result.json").exists():
             raise ValueError(f"{out} holds an unfinished run of these settings: continue it with "
                              f"asyndbt run --resume {out}, or remove the folder to start over (nothing was overwritten)")
     out.mkdir(parents=True, exist_ok=True)
-    for stale in ("checkpoint.npz", "result.json", "history.jsonl"):
+    for stale in (*CHECKPOINTS, "result.json", "history.jsonl"):
         (out / stale).unlink(missing_ok=True)
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
 
@@ -266,9 +268,9 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
     delay = parse_delay(cfg.delay)
     task_name = Path(cfg.train_file).stem if cfg.train_file else cfg.task
     out = Path(cfg.out or f"runs/{task_name}-{cfg.method}-seed{cfg.seed}")
-    checkpoint = out / "checkpoint.npz"
+    checkpoint = out / CHECKPOINTS[cfg.method == "feddtpt"]
     if resume:
-        if cfg.method in METHODS and not checkpoint.exists():
+        if (cfg.method in METHODS or cfg.method == "feddtpt") and not checkpoint.exists():
             raise FileNotFoundError(f"{out} has no checkpoint yet (the run stopped before its first iteration "
                                     "ended): start it again without --resume")
     started = time.perf_counter()
@@ -331,7 +333,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
         "llm_prompts_by_method": prompts,
     }
     if cfg.method == "feddtpt":
-        summary.update(_run_feddtpt(cfg, task, scorer, cache, train, split, out, accuracy, prompts))
+        summary.update(_run_feddtpt(cfg, task, scorer, cache, train, split, out, accuracy, prompts, resume))
     if tuned:
         done = checkpoint_meta(checkpoint)["extra"]["prompts"] if resume else 0
         spent = {"max_step": 0, "last": baseline_cost + done}
@@ -444,10 +446,11 @@ def _num_rows(workers) -> int:
     return 0 if workers is None else int(np.asarray(workers.selection.demo_probs).shape[0])
 
 
-def _run_feddtpt(cfg: JobConfig, task, scorer, cache, train, split, out: Path, accuracy: dict, prompts: dict) -> dict:
+def _run_feddtpt(cfg: JobConfig, task, scorer, cache, train, split, out: Path, accuracy: dict, prompts: dict,
+                 resume: bool) -> dict:
     """FedDTPT on the job's workers (its clients), the validation split as the small balanced
-    public set, ``iterations`` rounds of ``samples`` proposals each; no checkpoints (a resumed
-    run reruns it, its LLM scores answered from the response cache)."""
+    public set, ``iterations`` rounds of ``samples`` proposals each; checkpointed after every
+    round to ``checkpoint.json`` (``resume`` continues from it)."""
     from .feddtpt import ClientConfig, LocalProposer, OpenAIProposer, ServerConfig, run_feddtpt
     from .simulator import parse_delay
 
@@ -458,7 +461,7 @@ def _run_feddtpt(cfg: JobConfig, task, scorer, cache, train, split, out: Path, a
         task, scorer, train, split.validation, split.test, rounds=cfg.iterations,
         client=ClientConfig(kind=cfg.feddtpt_client, num_candidates=cfg.samples, max_length=cfg.fragment_words),
         server=ServerConfig(method=cfg.feddtpt_server), proposer=proposer, cache=cache, seed=cfg.seed,
-        progress=cfg.progress, history_path=out / "history.jsonl",
+        progress=cfg.progress, history_path=out / "history.jsonl", checkpoint=out / CHECKPOINTS[1], resume=resume,
         **(dict(delay=parse_delay(cfg.delay), num_active=cfg.active, max_staleness=cfg.staleness) if cfg.feddtpt_async else {}),
     )
     accuracy["feddtpt"] = result.test_accuracy

@@ -38,7 +38,7 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     result_file = path / "result.json"
     if not result_file.exists():
-        hint = " (it has a checkpoint: asyndbt run --resume it)" if (path / "checkpoint.npz").exists() else ""
+        hint = " (it has a checkpoint: asyndbt run --resume it)" if any((path / f).exists() for f in ("checkpoint.npz", "checkpoint.json")) else ""
         raise FileNotFoundError(f"{path} holds no finished run: no result.json{hint}")
     try:
         result = json.loads(result_file.read_text())

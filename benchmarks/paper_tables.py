@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
 
-from asyndbt_jax.job import JobConfig, differences, run_job  # noqa: E402
+from asyndbt_jax.job import CHECKPOINTS, JobConfig, differences, run_job  # noqa: E402
 from asyndbt_jax.reporting import load_run, plot_runs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,7 +123,7 @@ def run_grid(args) -> tuple[list[Path], int]:
                     continue
                 if args.report_only:
                     continue
-                resume = (out / "checkpoint.npz").exists() and (out / "config.json").exists()
+                resume = any((out / f).exists() for f in CHECKPOINTS) and (out / "config.json").exists()
                 print(f"== {out.name}{' (resuming)' if resume else ''}", file=sys.stderr, flush=True)
                 if scorer is None:
                     from asyndbt_jax.job import make_scorer

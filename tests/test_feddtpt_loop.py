@@ -357,3 +357,39 @@ def test_asynchronous_rounds_respect_s_and_tau():
         run(rounds=1, delay=parse_delay("constant:1"), num_active=5)
     with pytest.raises(ValueError, match="clients_per_round"):
         run(rounds=1, delay=parse_delay("constant:1"), clients_per_round=2)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_stopped_run_resumed_from_its_checkpoint_ends_as_an_uninterrupted_one(tmp_path, mode):
+    from asyndbt_jax.simulator import parse_delay
+
+    settings = dict(rounds=5, client=ClientConfig(kind="random", num_candidates=2), proposer=None)
+    if mode == "async":
+        settings.update(delay=parse_delay("classes:1,1,1,8"), num_active=1, max_staleness=2)
+    whole, _ = run(**settings, checkpoint=tmp_path / "whole.json", history_path=tmp_path / "whole.jsonl")
+    calls = iter(range(100))
+    stopped, _ = run(**settings, checkpoint=tmp_path / "ck.json", stop=lambda: next(calls) == 2)
+    assert stopped.rounds == 2
+    assert json.loads((tmp_path / "ck.json").read_text())["next_round"] == 3
+    resumed, _ = run(**settings, checkpoint=tmp_path / "ck.json", resume=True, history_path=tmp_path / "res.jsonl")
+    assert resumed.rounds == 5 and _stable(resumed) == _stable(whole)
+    strip = lambda path: [{k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731
+                          for line in path.read_text().splitlines()]
+    assert strip(tmp_path / "res.jsonl") == strip(tmp_path / "whole.jsonl")  # the history file holds every round
+    again, _ = run(**settings, checkpoint=tmp_path / "whole.json", resume=True)  # a finished run: only the test
+    assert _stable(again) == _stable(whole)
+
+
+def test_resume_refuses_another_runs_checkpoint_and_a_missing_one(tmp_path):
+    run(rounds=1, checkpoint=tmp_path / "ck.json")
+    with pytest.raises(ValueError, match="differs in seed"):
+        run(rounds=1, seed=1, checkpoint=tmp_path / "ck.json", resume=True)
+    with pytest.raises(ValueError, match="differs in rounds"):
+        run(rounds=2, checkpoint=tmp_path / "ck.json", resume=True)
+    with pytest.raises(FileNotFoundError, match="no FedDTPT checkpoint"):
+        run(rounds=1, checkpoint=tmp_path / "missing.json", resume=True)
+    with pytest.raises(ValueError, match="resume needs the checkpoint"):
+        run(rounds=1, resume=True)

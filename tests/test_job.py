@@ -236,6 +236,14 @@ def test_feddtpt_is_a_method_of_the_job(tmp_path, capsys):
     assert isinstance(out["learned_fragment"], str)
     history = (tmp_path / "f" / "history.jsonl").read_text().splitlines()
     assert len(history) == 3  # round 0 (the initial prompt) and two rounds
+    # checkpointed every round: --resume continues from checkpoint.json (here: after the last round)
+    assert json.loads((tmp_path / "f" / "checkpoint.json").read_text())["next_round"] == 3
+    assert main(["run", "--json", "--resume", str(tmp_path / "f"), "--cache", str(tmp_path / "r.sqlite")]) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert again["resumed"] and again["rounds"] == 2
+    for key in ("test_accuracy", "learned_fragment", "llm_prompts_by_method", "communication"):
+        assert again[key] == out[key]
+    assert (tmp_path / "f" / "history.jsonl").read_text().splitlines() == history
     # the asynchronous extension: the same job on the virtual clock
     assert main(["run", "--json", *TINY, "--iterations", "2", "--method", "feddtpt", "--feddtpt-client", "random",
                  "--feddtpt-server", "no-cluster", "--feddtpt-async", "--out", str(tmp_path / "a"),

@@ -49,7 +49,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -125,6 +127,13 @@ class PromptEvaluator:
             self.prompts += len(queries)
             self._memo[key] = float(np.mean(logp.argmax(-1) == self.task.labels[list(queries)]))
         return self._memo[key]
+
+    def state_dict(self) -> list:
+        """The accuracies scored so far (JSON-ready), so a resumed run re-scores none of them."""
+        return [[list(words), list(queries), acc] for (words, queries), acc in self._memo.items()]
+
+    def load_state_dict(self, state: list) -> None:
+        self._memo = {(tuple(words), tuple(queries)): acc for words, queries, acc in state}
 
 
 class WordTable:
@@ -219,6 +228,14 @@ def _bytes(words: Sequence[str]) -> int:
     return len(prompt_text(words).encode("utf-8"))
 
 
+def _digest(local, public, test) -> str:
+    """A fingerprint of the run's data (every client's, the public and the test indices)."""
+    h = hashlib.sha256()
+    for part in (*local, public, test):
+        h.update(np.asarray(part, np.int64).tobytes() + b"|")
+    return h.hexdigest()[:16]
+
+
 def _seed(*parts: int) -> int:
     return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
 
@@ -291,6 +308,9 @@ class _Rounds:
     public_accuracy: Callable[[Words], float | None]
     record: Callable[[dict], None]
     totals: dict
+    history: list[dict]
+    checkpoint: Path | None = None
+    run_id: dict | None = None
 
     def begin(self) -> tuple[float, int, int]:
         """A round's start: (wall clock, prompts scored, evaluation prompts)."""
@@ -331,11 +351,39 @@ class _Rounds:
                      "seconds": time.perf_counter() - started, **entry})
 
 
-def _sync_rounds(fed: _Rounds, rounds: int, R: int, per_round: int, seed: int, global_prompt: Words, stop):
+    def save(self, t: int, prompt: Words, **extra) -> None:
+        """Checkpoint after round ``t`` (atomically; nothing when the run has no checkpoint file)."""
+        if self.checkpoint is None:
+            return
+        state = {"run": self.run_id, "next_round": t + 1, "global_prompt": list(prompt),
+                 "histories": [[[list(w), a] for w, a in h] for h in self.histories], "totals": self.totals,
+                 "history": self.history, "scored": self.evaluator.state_dict(), **extra}
+        tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.checkpoint)
+
+
+def load_checkpoint(path: str | Path, run_id: dict) -> dict:
+    """A FedDTPT checkpoint written by the run ``run_id`` describes (refuses another run's,
+    naming the settings that differ)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no FedDTPT checkpoint to resume from at {path}")
+    state = json.loads(path.read_text())
+    differ = sorted(k for k in run_id if state.get("run", {}).get(k) != run_id[k])
+    if differ:
+        raise ValueError(f"checkpoint {path} belongs to another run (it differs in {', '.join(differ)})")
+    state["histories"] = [tuple((tuple(w), a) for w, a in h) for h in state["histories"]]
+    state["global_prompt"] = tuple(state["global_prompt"])
+    return state
+
+
+def _sync_rounds(fed: _Rounds, rounds: int, R: int, per_round: int, seed: int, global_prompt: Words, stop,
+                 first: int = 1):
     """The paper's synchronous rounds: ``per_round`` clients (all by default) tune from the global
     prompt, the server aggregates their uploads. Returns ``(rounds done, global prompt)``."""
-    done = 0
-    for t in range(1, rounds + 1):
+    done = first - 1
+    for t in range(first, rounds + 1):
         if stop is not None and stop():
             break
         start = fed.begin()
@@ -357,11 +405,13 @@ def _sync_rounds(fed: _Rounds, rounds: int, R: int, per_round: int, seed: int, g
         global_prompt = merged or global_prompt
         fed.end_round(t, global_prompt, counts, start, client_accuracy=client_accuracy,
                       participants=len(chosen) - idle, idle=idle, num_clusters=num_clusters, eps=eps)
+        fed.save(t, global_prompt)
         done = t
     return done, global_prompt
 
 
-def _async_rounds(fed: _Rounds, rounds: int, R: int, S: int, tau: int, delay, seed: int, global_prompt: Words, stop):
+def _async_rounds(fed: _Rounds, rounds: int, R: int, S: int, tau: int, delay, seed: int, global_prompt: Words, stop,
+                  resumed: dict | None = None):
     """FedDTPT on the simulator's virtual clock (see ``delay`` in :func:`run_feddtpt`).
 
     As in the simulated AsynDBT, a client computes its round when it is sent the global
@@ -379,17 +429,30 @@ def _async_rounds(fed: _Rounds, rounds: int, R: int, S: int, tau: int, delay, se
             if out is not None:
                 pending[r], accuracy[r] = out.prompt, out.accuracy
 
-    # the broadcast of the initial prompt: every client tunes from it
+    def save(t: int, prompt: Words) -> None:
+        fed.save(t, prompt, clock=clock.state_dict(), accuracy=accuracy, counts=counts,
+                 pending=[None if w is None else list(w) for w in pending],
+                 latest=[None if w is None else list(w) for w in latest])
+
     counts = dict.fromkeys(_COUNTERS, 0)
-    before = fed.evaluator.prompts
-    reply(range(R), global_prompt, 1, counts)  # seeded by the round its upload is meant for, as synchronous rounds are
-    fed.totals["tuning_prompts"] += fed.evaluator.prompts - before
-    everyone = np.ones(R, bool)
-    clock.next_arrivals(0)
-    clock.after_step(everyone, False)
+    if resumed is None:  # the broadcast of the initial prompt: every client tunes from it
+        before = fed.evaluator.prompts
+        reply(range(R), global_prompt, 1, counts)  # seeded by the round its upload is meant for, as synchronous rounds are
+        fed.totals["tuning_prompts"] += fed.evaluator.prompts - before
+        clock.next_arrivals(0)
+        clock.after_step(np.ones(R, bool), False)
+        save(0, global_prompt)
+        first = 1
+    else:
+        clock.load_state_dict(resumed["clock"])
+        counts.update(resumed["counts"])
+        pending[:] = [None if w is None else tuple(w) for w in resumed["pending"]]
+        latest[:] = [None if w is None else tuple(w) for w in resumed["latest"]]
+        accuracy[:] = resumed["accuracy"]
+        first = resumed["next_round"]
     idle = sum(not q.size for q in fed.queries)
-    done = 0
-    for t in range(1, rounds + 1):
+    done = first - 1
+    for t in range(first, rounds + 1):
         if stop is not None and stop():
             break
         start = fed.begin()
@@ -410,6 +473,7 @@ def _async_rounds(fed: _Rounds, rounds: int, R: int, S: int, tau: int, delay, se
                       participants=int(arrived.sum()), idle=idle, num_clusters=num_clusters, eps=eps,
                       virtual_time=clock.time, max_staleness=int(clock.staleness.max()))
         counts = dict.fromkeys(_COUNTERS, 0)
+        save(t, global_prompt)
         done = t
     return done, global_prompt
 
@@ -467,7 +531,7 @@ def run_feddtpt(task, scorer, train, public, test, *, rounds: int = 10, client: 
                 initial_prompt: str | Sequence[str] = DEFAULT_INITIAL_PROMPT, clients_per_round: int | None = None,
                 cache=None, seed: int = 0, progress: bool = False, history_path: str | Path | None = None,
                 stop: Callable[[], bool] | None = None, delay=None, num_active: int | None = None,
-                max_staleness: int = 4) -> FedDTPTResult:
+                max_staleness: int = 4, checkpoint: str | Path | None = None, resume: bool = False) -> FedDTPTResult:
     """FedDTPT: synchronous federated discrete prompt tuning (module docstring).
 
     Args:
@@ -502,6 +566,12 @@ def run_feddtpt(task, scorer, train, public, test, *, rounds: int = 10, client: 
             (default): synchronous rounds as in the paper.
         num_active: S, uploads the asynchronous server waits for (default: all clients).
         max_staleness: τ of the asynchronous server.
+        checkpoint: write the run's state here (JSON, atomically) after every round: the
+            global prompt, every client's history, the accuracies scored, the counters, the history
+            and (asynchronous) the clock with its generator's position and the uploads in flight.
+        resume: continue from ``checkpoint`` (written by a run of the same settings). Proposals
+            and random edits are seeded per (round, client), so a resumed run ends exactly
+            where an uninterrupted one does; its LLM scores can come from the response cache.
 
     Returns:
         A :class:`FedDTPTResult`. ``history[t]`` holds ``round``, ``prompt``, ``words``,
@@ -513,9 +583,13 @@ def run_feddtpt(task, scorer, train, public, test, *, rounds: int = 10, client: 
 
     Raises:
         ValueError: bad settings or indices, no test examples, no client with any query,
-            a proposer-based client without a proposer.
+            a proposer-based client without a proposer; ``resume`` without ``checkpoint``
+            or with another run's checkpoint.
+        FileNotFoundError: ``resume`` and no checkpoint file.
     """
     started = time.perf_counter()
+    if resume and checkpoint is None:
+        raise ValueError("resume needs the checkpoint file to resume from")
     client = (ClientConfig(kind=client) if isinstance(client, str) else client).validate()
     server = ServerConfig(method=server) if isinstance(server, str) else server
     if server.method not in METHODS:
@@ -571,6 +645,10 @@ def run_feddtpt(task, scorer, train, public, test, *, rounds: int = 10, client: 
         totals["evaluation_prompts"] += evaluator.prompts - before
         return acc
 
+    run_id = {"rounds": rounds, "client": repr(client), "server": repr(server), "seed": seed,
+              "initial_prompt": list(global_prompt), "per_round": per_round, "delay": repr(delay),
+              "num_active": num_active, "max_staleness": max_staleness, "data": _digest(local, public, test)}
+    resumed = load_checkpoint(checkpoint, run_id) if resume else None
     sink = None
 
     def record(entry: dict) -> None:
@@ -586,20 +664,34 @@ def run_feddtpt(task, scorer, train, public, test, *, rounds: int = 10, client: 
 
     fed = _Rounds(client=client, server=server, proposer=proposer, evaluator=evaluator, table=table, queries=queries,
                   histories=histories, words_vocab=words_vocab, description=description, max_length=max_length,
-                  seed=seed, public_accuracy=public_accuracy, record=record, totals=totals)
+                  seed=seed, public_accuracy=public_accuracy, record=record, totals=totals, history=history,
+                  checkpoint=None if checkpoint is None else Path(checkpoint), run_id=run_id)
     with contextlib.ExitStack() as stack:
         if history_path is not None:
             Path(history_path).parent.mkdir(parents=True, exist_ok=True)
             sink = stack.enter_context(open(history_path, "w"))
-        record({"round": 0, "prompt": prompt_text(global_prompt), "words": len(global_prompt),
-                "public_accuracy": public_accuracy(global_prompt), "client_accuracy": [None] * R,
-                **dict.fromkeys(_COUNTERS, 0), "tuning_prompts": 0, "evaluation_prompts": totals["evaluation_prompts"],
-                "participants": 0, "idle": 0, "num_clusters": 0, "eps": None,
-                "seconds": time.perf_counter() - started})
-        if delay is None:
-            done, global_prompt = _sync_rounds(fed, rounds, R, per_round, seed, global_prompt, stop)
+        if resumed is not None:
+            histories[:], global_prompt = resumed["histories"], resumed["global_prompt"]
+            totals.update(resumed["totals"])
+            evaluator.load_state_dict(resumed["scored"])
+            history.extend(resumed["history"])
+            if sink is not None:
+                sink.writelines(json.dumps(entry) + "\n" for entry in history)
+                sink.flush()
         else:
-            done, global_prompt = _async_rounds(fed, rounds, R, S, max_staleness, delay, seed, global_prompt, stop)
+            record({"round": 0, "prompt": prompt_text(global_prompt), "words": len(global_prompt),
+                    "public_accuracy": public_accuracy(global_prompt), "client_accuracy": [None] * R,
+                    **dict.fromkeys(_COUNTERS, 0), "tuning_prompts": 0,
+                    "evaluation_prompts": totals["evaluation_prompts"], "participants": 0, "idle": 0,
+                    "num_clusters": 0, "eps": None, "seconds": time.perf_counter() - started})
+        if delay is None:
+            first = 1 if resumed is None else resumed["next_round"]
+            if resumed is None:
+                fed.save(0, global_prompt)
+            done, global_prompt = _sync_rounds(fed, rounds, R, per_round, seed, global_prompt, stop, first)
+        else:
+            done, global_prompt = _async_rounds(fed, rounds, R, S, max_staleness, delay, seed, global_prompt, stop,
+                                                resumed)
 
     before = evaluator.prompts
     test_accuracy = evaluator.accuracy(global_prompt, test)
