@@ -178,7 +178,7 @@ def tables(runs, args) -> tuple[str, dict]:
     tasks = sorted({t for t, _ in by})
     methods = [m for m in METHODS if any((t, m) in by for t in tasks)]
     columns = sorted(((column_of.get(t, t), t) for t in tasks), key=lambda ct: order.get(ct[0], len(order)))
-    acc = lambda task, method: [x.result["test_accuracy"][method] for x in by.get((task, method), [])]  # noqa: E731
+    acc = lambda task, spec: [x.result["test_accuracy"][x.result["method"]] for x in by.get((task, spec), [])]  # noqa: E731
     cells = {t: {m: dict(zip(("mean", "std", "n"), _stats(acc(t, m)))) for m in {*methods, *FEDDTPT_ABLATION.values()}
                  if acc(t, m)}
              for _, t in columns}
@@ -238,6 +238,24 @@ def tables(runs, args) -> tuple[str, dict]:
                                  f"{np.mean([x.result['llm_prompts'] for x in rs]):.0f} | {np.mean(prop):.0f} | "
                                  f"{np.mean([c.get('upload_tokens', 0) for c in com]):.0f} | "
                                  f"{np.mean([c.get('upload_bytes', 0) for c in com]):.0f} |")
+    transfer = []
+    for path in sorted(args.out.parent.glob("transfer_*.json")):
+        transfer += [(path.name, row) for row in json.loads(path.read_text())["rows"]]
+    if transfer:
+        lines += ["", "## Transferability (FedDTPT's check): a prompt learned with one model, scored with the other",
+                  "", "Measured with `python benchmarks/transfer.py RUN_DIR... --model OTHER --out "
+                  "docs/transfer_<task>_<from>_to_<to>.json` on the finished runs: every worker's learned prompt "
+                  "(FedDTPT: its global note) is rendered again on the run's own test split and scored with its own "
+                  "model (which must reproduce the stored accuracy: the *reproduced* column) and with the other. "
+                  "The manual prompt on each model is the reference.", "",
+                  "| method | task | learned on | own model % | manual, own % | other model | other model % | "
+                  "manual, other % | reproduced | file |", "|---|---|---|---|---|---|---|---|---|---|"]
+        order = {m: i for i, m in enumerate(METHODS)}
+        for name, r in sorted(transfer, key=lambda nr: (nr[1]["learned_on"], order.get(nr[1]["method"], 99))):
+            lines.append(f"| {r['method']} | {r['task']} | {r['learned_on']} | {100 * r['accuracy_same_model']:.1f} | "
+                         f"{100 * r['manual_same_model']:.1f} | {r['evaluated_on']} | "
+                         f"{100 * r['accuracy_other_model']:.1f} | {100 * r['manual_other_model']:.1f} | "
+                         f"{'yes' if r['reproduced'] else 'no'} | [{name}]({name}) |")
     lines += ["", "## Cost: LLM prompts, virtual time and wall time per run (mean over seeds)", "",
               "| task | method | prompts | virtual time | wall s |", "|---|---|---|---|---|"]
     for _, t in columns:

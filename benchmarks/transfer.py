@@ -6,7 +6,7 @@ For every finished ``asyndbt run`` folder: rebuild its task split from the store
 (same seed, same test examples), render the prompt it learned (each worker's demonstrations
 with the learned fragment; FedDTPT: its global note), and score it on the test set with the
 run's own model (a check: it must give the stored test accuracy; answers come from the
-response cache) and with ``--model`` (the transfer). The manual prompt on ``--model`` is the
+response cache) and with ``--model`` (the transfer). The manual prompt on each model is the
 reference. Runs of methods that learn no prompt (manual, random-icl, kate) are skipped.
 Prints one JSON object with a row per run. Never asserts.
 """
@@ -87,7 +87,8 @@ def main():
                 scorers[model] = make_scorer(dataclasses.replace(cfg, model=model, base_url=None))
             row[f"accuracy_{name}"] = accuracy(scorers[model], template, prompts, queries, labels, cache)
         row["reproduced"] = abs(row["accuracy_same_model"] - row["stored_test_accuracy"]) < 1e-6
-        row["manual_other_model"] = accuracy(scorers[args.model], template, [([], [])], queries, labels, cache)
+        for name, model in (("same_model", cfg.model), ("other_model", args.model)):
+            row[f"manual_{name}"] = accuracy(scorers[model], template, [([], [])], queries, labels, cache)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
     text = json.dumps({"benchmark": "transfer", **machine(), "rows": rows}, indent=2)
