@@ -175,8 +175,10 @@ def tables(runs, args) -> tuple[str, dict]:
     # one column per task, named by the paper's task it stands for (in the paper's order)
     column_of = {t: c for c in PAPER_COLUMNS for t in COLUMN_TASKS[c]}
     order = {c: i for i, c in enumerate(PAPER_COLUMNS)}
-    tasks = sorted({t for t, _ in by})
-    methods = [m for m in METHODS if any((t, m) in by for t in tasks)]
+    # what this invocation asked for (a requested cell with no run yet shows as "—") plus every
+    # matching run already on disk
+    tasks = sorted({*args.tasks, *(t for t, _ in by)})
+    methods = [m for m in METHODS if m in args.methods or any((t, m) in by for t in tasks)]
     columns = sorted(((column_of.get(t, t), t) for t in tasks), key=lambda ct: order.get(ct[0], len(order)))
     acc = lambda task, spec: [x.result["test_accuracy"][x.result["method"]] for x in by.get((task, spec), [])]  # noqa: E731
     cells = {t: {m: dict(zip(("mean", "std", "n"), _stats(acc(t, m)))) for m in {*methods, *FEDDTPT_ABLATION.values()}
