@@ -350,7 +350,6 @@ class _Rounds:
                      "num_clusters": entry.pop("num_clusters"), "eps": entry.pop("eps"),
                      "seconds": time.perf_counter() - started, **entry})
 
-
     def save(self, t: int, prompt: Words, **extra) -> None:
         """Checkpoint after round ``t`` (atomically; nothing when the run has no checkpoint file)."""
         if self.checkpoint is None:
