@@ -33,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .reporting import CHECKPOINTS
+
+
 @dataclasses.dataclass
 class JobConfig:
     """What ``asyndbt run`` does (the CLI flags and the TOML keys, one to one)."""
@@ -94,7 +97,6 @@ class JobConfig:
 _TYPES = typing.get_type_hints(JobConfig)
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(JobConfig)}
 QUICK = dict(iterations=3, samples=2, test_size=20)
-CHECKPOINTS = ("checkpoint.npz", "checkpoint.json")  # the engine's methods; feddtpt's
 _NOT_RESULTS = ("out", "cache", "progress", "checkpoint_every", "ray_address", "actors")  # settings that do not change what a run computes
 
 
@@ -333,7 +335,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
         "llm_prompts_by_method": prompts,
     }
     if cfg.method == "feddtpt":
-        summary.update(_run_feddtpt(cfg, task, scorer, cache, train, split, out, accuracy, prompts, resume))
+        summary.update(_run_feddtpt(cfg, task, scorer, cache, train, split, out, checkpoint, accuracy, prompts, resume))
     if tuned:
         done = checkpoint_meta(checkpoint)["extra"]["prompts"] if resume else 0
         spent = {"max_step": 0, "last": baseline_cost + done}
@@ -446,8 +448,8 @@ def _num_rows(workers) -> int:
     return 0 if workers is None else int(np.asarray(workers.selection.demo_probs).shape[0])
 
 
-def _run_feddtpt(cfg: JobConfig, task, scorer, cache, train, split, out: Path, accuracy: dict, prompts: dict,
-                 resume: bool) -> dict:
+def _run_feddtpt(cfg: JobConfig, task, scorer, cache, train, split, out: Path, checkpoint: Path, accuracy: dict,
+                 prompts: dict, resume: bool) -> dict:
     """FedDTPT on the job's workers (its clients), the validation split as the small balanced
     public set, ``iterations`` rounds of ``samples`` proposals each; checkpointed after every
     round to ``checkpoint.json`` (``resume`` continues from it)."""
@@ -461,7 +463,7 @@ def _run_feddtpt(cfg: JobConfig, task, scorer, cache, train, split, out: Path, a
         task, scorer, train, split.validation, split.test, rounds=cfg.iterations,
         client=ClientConfig(kind=cfg.feddtpt_client, num_candidates=cfg.samples, max_length=cfg.fragment_words),
         server=ServerConfig(method=cfg.feddtpt_server), proposer=proposer, cache=cache, seed=cfg.seed,
-        progress=cfg.progress, history_path=out / "history.jsonl", checkpoint=out / CHECKPOINTS[1], resume=resume,
+        progress=cfg.progress, history_path=out / "history.jsonl", checkpoint=checkpoint, resume=resume,
         **(dict(delay=parse_delay(cfg.delay), num_active=cfg.active, max_staleness=cfg.staleness) if cfg.feddtpt_async else {}),
     )
     accuracy["feddtpt"] = result.test_accuracy

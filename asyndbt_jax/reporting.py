@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+CHECKPOINTS = ("checkpoint.npz", "checkpoint.json")  # a run's checkpoint: the engine's methods; feddtpt's
+
 
 @dataclass
 class Run:
@@ -38,7 +40,7 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     result_file = path / "result.json"
     if not result_file.exists():
-        hint = " (it has a checkpoint: asyndbt run --resume it)" if any((path / f).exists() for f in ("checkpoint.npz", "checkpoint.json")) else ""
+        hint = " (it has a checkpoint: asyndbt run --resume it)" if any((path / f).exists() for f in CHECKPOINTS) else ""
         raise FileNotFoundError(f"{path} holds no finished run: no result.json{hint}")
     try:
         result = json.loads(result_file.read_text())

@@ -378,9 +378,14 @@ def load_checkpoint(path: str | Path, run_id: dict) -> dict:
 
 
 def _sync_rounds(fed: _Rounds, rounds: int, R: int, per_round: int, seed: int, global_prompt: Words, stop,
-                 first: int = 1):
+                 resumed: dict | None = None):
     """The paper's synchronous rounds: ``per_round`` clients (all by default) tune from the global
     prompt, the server aggregates their uploads. Returns ``(rounds done, global prompt)``."""
+    if resumed is None:
+        fed.save(0, global_prompt)
+        first = 1
+    else:
+        first = resumed["next_round"]
     done = first - 1
     for t in range(first, rounds + 1):
         if stop is not None and stop():
@@ -684,10 +689,7 @@ def run_feddtpt(task, scorer, train, public, test, *, rounds: int = 10, client: 
                     "evaluation_prompts": totals["evaluation_prompts"], "participants": 0, "idle": 0,
                     "num_clusters": 0, "eps": None, "seconds": time.perf_counter() - started})
         if delay is None:
-            first = 1 if resumed is None else resumed["next_round"]
-            if resumed is None:
-                fed.save(0, global_prompt)
-            done, global_prompt = _sync_rounds(fed, rounds, R, per_round, seed, global_prompt, stop, first)
+            done, global_prompt = _sync_rounds(fed, rounds, R, per_round, seed, global_prompt, stop, resumed)
         else:
             done, global_prompt = _async_rounds(fed, rounds, R, S, max_staleness, delay, seed, global_prompt, stop,
                                                 resumed)
