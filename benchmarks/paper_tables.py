@@ -1,10 +1,12 @@
 """The paper's Table 3 (accuracy of every method on every task) and Table 4 (ablation)
 analogues on the embedded model, measured with ``asyndbt run``; writes docs/results.md.
 
-Every (task, method, seed) is one ``asyndbt run`` folder under ``--runs-dir``: a finished
-run is read back, an interrupted one resumed from its checkpoint, a missing one run. So the
-grid can be filled over several sessions or machines and the tables regenerated at any
-point (``--report-only``). The tables say how many seeds each cell holds.
+Every (task, method, seed) is one ``asyndbt run`` folder under ``--runs-dir`` (default
+``docs/runs``: committed, so the measured runs behind docs/results.md travel with the
+repository; their checkpoints are git-ignored): a finished run is read back, an interrupted
+one resumed from its checkpoint, a missing one run. So the grid can be filled over several
+sessions or machines and the tables regenerated at any point (``--report-only``). The
+tables say how many seeds each cell holds.
 
 Tasks: ``glue:NAME`` reads the real GLUE files (route 2, ``--glue-dir``); any other name is
 a registry task (route 1, ``asyndbt data prepare``). Defaults: the real GLUE files where we
@@ -109,6 +111,14 @@ def job_config(task: str, spec: str, seed: int, args, out: Path) -> JobConfig:
     return JobConfig(**values)
 
 
+def same_settings(config: dict, cfg: JobConfig) -> bool:
+    """Whether a finished run's config is what ``cfg`` would run. Where the GLUE files lie is
+    not a setting (the committed runs were made on another machine), only whether they are read."""
+    new = asdict(cfg)
+    old = {**config, "glue_dir": new["glue_dir"] if config.get("glue_dir") and new["glue_dir"] else config.get("glue_dir")}
+    return not differences(old, new)
+
+
 def run_grid(args) -> tuple[list[Path], int]:
     """Run (or resume, or read back) every cell; returns the finished folders and how many ran now."""
     done, ran, scorer = [], 0, None
@@ -118,7 +128,7 @@ def run_grid(args) -> tuple[list[Path], int]:
                 out = run_dir(args.runs_dir, task, method, seed)
                 cfg = job_config(task, method, seed, args, out)
                 finished = out / "result.json"
-                if finished.exists() and not differences(json.loads(finished.read_text())["config"], asdict(cfg)):
+                if finished.exists() and same_settings(json.loads(finished.read_text())["config"], cfg):
                     done.append(out)
                     continue
                 if args.report_only:
@@ -153,8 +163,7 @@ def finished_runs(args) -> list[Path]:
             expected = job_config(task, spec, config["seed"], args, result.parent)
         except ValueError:
             continue
-        if run_dir(args.runs_dir, task, spec, config["seed"]) == result.parent and not differences(
-                config, asdict(expected)):
+        if run_dir(args.runs_dir, task, spec, config["seed"]) == result.parent and same_settings(config, expected):
             found.append(result.parent)
     return found
 
@@ -302,7 +311,7 @@ def main() -> None:
     parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated (default: all)")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--glue-dir", type=Path, default=GLUE_DIR if GLUE_DIR.exists() else None)
-    parser.add_argument("--runs-dir", type=Path, default=ROOT / "runs" / "paper")
+    parser.add_argument("--runs-dir", type=Path, default=ROOT / "docs" / "runs")
     parser.add_argument("--iterations", type=int)
     parser.add_argument("--samples", type=int)
     parser.add_argument("--test-size", type=int)

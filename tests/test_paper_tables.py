@@ -44,3 +44,26 @@ def test_report_only_tables(tmp_path):
     assert "| cendbt | 65.0 ± 7.1 (2) |" in text and "| *cendbt, paper* | *94.4* |" in text
     assert "| asyndbt | — |" in text
     assert "| both | 65.0 ± 7.1 (2) |" in text and "| neither | 50.0 ± 0.0 (2) |" in text
+
+
+def test_committed_glue_runs_count_wherever_the_glue_files_lie(tmp_path):
+    """The runs under docs/runs were made on another machine: the GLUE folder's path differs,
+    and only whether a run read GLUE files is a setting."""
+    runs = tmp_path / "runs"
+    out_dir = runs / "glue-sst2-manual-seed0"
+    out_dir.mkdir(parents=True)
+    cfg = dataclasses.asdict(JobConfig(task="sst2", method="manual", seed=0, out=str(out_dir),
+                                       glue_dir="/somewhere/else/glue"))
+    (out_dir / "result.json").write_text(json.dumps({
+        "task": "sst2", "method": "manual", "seed": 0, "config": cfg, "test_accuracy": {"manual": 0.5},
+        "llm_prompts": 400, "wall_seconds": 1.0}))
+    glue = tmp_path / "glue"
+    glue.mkdir()
+    out = tmp_path / "results.md"
+    base = [sys.executable, str(SCRIPT), "--report-only", "--no-plots", "--json", "--methods", "manual", "--seeds",
+            "1", "--runs-dir", str(runs), "--out", str(out)]
+    proc = subprocess.run([*base, "--tasks", "glue:sst2", "--glue-dir", str(glue)], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout)["runs_done"] == 1
+    assert "| manual | 50.0 (1) |" in out.read_text()
