@@ -204,7 +204,7 @@ def tables(runs, args) -> tuple[str, dict]:
         f"({_settings(runs)}); 3 workers, S=2, τ=4, lognormal(1.0) stragglers for the distributed methods. "
         "Cells: test accuracy %, mean ± sample std over seeds (the count in brackets). Hyper-parameters were "
         "not tuned on the test split. Every cell's run folders (config, per-iteration history, result) are "
-        f"in `{_rel(args.runs_dir)}/`.",
+        f"in `{os.path.relpath(args.runs_dir, ROOT)}/`.",
         "",
         f"Machine: {info['device']}, {info['cpu_count']} CPUs, {info['platform']}, jax {info['jax_version']}.",
         "",
@@ -291,13 +291,6 @@ def tables(runs, args) -> tuple[str, dict]:
             plots.append(png)
             lines += [f"![{t}: asyndbt, sync and cenDBT, seed 0]({png.name})", ""]
     return "\n".join(lines) + "\n", cells
-
-
-def _rel(path: Path) -> str:
-    try:
-        return os.path.relpath(path, ROOT)
-    except ValueError:
-        return str(path)
 
 
 def _stats(values):
