@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .reporting import CHECKPOINTS
+from .reporting import CHECKPOINTS, machine_info
 
 
 @dataclasses.dataclass
@@ -381,6 +381,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
         "cache_hits": cache.hits,
         "cache_misses": cache.misses,
         "wall_seconds": time.perf_counter() - started,
+        "machine": machine_info(),
         "resumed": resume,
         "notes": list(split.notes),
         "out": str(out),

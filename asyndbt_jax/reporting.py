@@ -11,12 +11,37 @@ mean ± standard deviation.
 from __future__ import annotations
 
 import json
+import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 CHECKPOINTS = ("checkpoint.npz", "checkpoint.json")  # a run's checkpoint: the engine's methods; feddtpt's
+
+
+def machine_info() -> dict:
+    """What a measurement ran on: the JAX device, the CPU, its core count, the OS and versions.
+    Every run's ``result.json`` and every benchmark's JSON carry it."""
+    import jax
+
+    dev = jax.devices()[0]
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {
+        "device": f"{dev.platform}:{getattr(dev, 'device_kind', dev.platform)}",
+        "cpu": cpu or "unknown",
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "jax_version": jax.__version__,
+        "backend": jax.default_backend(),
+    }
 
 
 @dataclass

@@ -6,7 +6,9 @@ answers the server's requests in order (``max_concurrency=1``). The server keeps
 returned object refs and proceeds with :func:`ray.wait`. ``ray.init()`` starts a local Ray
 when none runs; ``address=`` joins a cluster (see docs/distributed.md). Inside the actors
 JAX does not preallocate GPU memory (``XLA_PYTHON_CLIENT_PREALLOCATE=false``), so several
-actors can share one GPU.
+actors can share one GPU, and a local model scores on the actor's share of the cluster's
+cores (its CPUs ÷ the number of actors; Ray would give an actor that reserves no CPU one
+thread).
 
 Install with ``pip install 'asyndbt_jax[ray]'``.
 """
@@ -49,7 +51,15 @@ def _ray():
 class _Group:
     """The body of one actor: some workers, their shared black box."""
 
-    def __init__(self, config, make_feedback, workers: dict, test, worker_kwargs: dict):
+    def __init__(self, config, make_feedback, workers: dict, test, worker_kwargs: dict, threads: int):
+        # Ray starts an actor that reserves no CPU with OMP_NUM_THREADS=1: a local model would
+        # score on one core. Each actor gets its share of the cluster's cores instead.
+        try:
+            import torch
+
+            torch.set_num_threads(threads)
+        except ImportError:  # pragma: no cover - an API black box needs no torch
+            pass
         feedback_fn = make_feedback()
         self.workers = {i: Worker(config, feedback_fn, i, w, d, test, **worker_kwargs) for i, (w, d) in workers.items()}
 
@@ -80,11 +90,13 @@ class RayDriver:
             except ConnectionError as error:
                 raise ConnectionError(f"cannot reach the Ray cluster at {address!r}: {error}") from error
         remote = ray.remote(num_cpus=0, max_concurrency=1, max_restarts=0)(_Group)
+        self.threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)
         groups = np.array_split(np.arange(R), actors)
         self.actor_of, self.actors = {}, []
         for g in groups:
             members = {int(i): (_row(state.workers, int(i)), _row(data, int(i))) for i in g}
-            actor = remote.options(scheduling_strategy="SPREAD").remote(config, make_feedback, members, test, worker_kwargs)
+            actor = remote.options(scheduling_strategy="SPREAD").remote(
+                config, make_feedback, members, test, worker_kwargs, self.threads)
             self.actors.append(actor)
             self.actor_of.update({int(i): actor for i in g})
         ray.get([a.ping.remote() for a in self.actors])  # every actor is up (and built its black box)

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import time
 
 import jax
 import numpy as np
+
+from asyndbt_jax.reporting import machine_info
 
 
 def parse_args(description: str, extra=None) -> argparse.Namespace:
@@ -24,15 +25,7 @@ def parse_args(description: str, extra=None) -> argparse.Namespace:
 
 
 def machine() -> dict:
-    dev = jax.devices()[0]
-    info = {
-        "device": f"{dev.platform}:{getattr(dev, 'device_kind', dev.platform)}",
-        "jax_version": jax.__version__,
-        "backend": jax.default_backend(),
-        "cpu_count": os.cpu_count(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-    }
+    info = machine_info()
     try:
         import optax
 

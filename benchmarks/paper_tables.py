@@ -193,7 +193,6 @@ def tables(runs, args) -> tuple[str, dict]:
     cells = {t: {m: dict(zip(("mean", "std", "n"), _stats(acc(t, m)))) for m in {*methods, *FEDDTPT_ABLATION.values()}
                  if acc(t, m)}
              for _, t in columns}
-    info = machine()
     lines = [
         "# Results: the paper's tables on the embedded model",
         "",
@@ -206,7 +205,7 @@ def tables(runs, args) -> tuple[str, dict]:
         "not tuned on the test split. Every cell's run folders (config, per-iteration history, result) are "
         f"in `{os.path.relpath(args.runs_dir, ROOT)}/`.",
         "",
-        f"Machine: {info['device']}, {info['cpu_count']} CPUs, {info['platform']}, jax {info['jax_version']}.",
+        _machines(runs),
         "",
         "Tasks: " + "; ".join(f"**{c}** → `{t}`" for c, t in columns) + " (`glue:` = the real GLUE files, "
         "route 2; otherwise the registry substitute, route 1 of DATA.md).",
@@ -291,6 +290,18 @@ def tables(runs, args) -> tuple[str, dict]:
             plots.append(png)
             lines += [f"![{t}: asyndbt, sync and cenDBT, seed 0]({png.name})", ""]
     return "\n".join(lines) + "\n", cells
+
+
+def _machines(runs) -> str:
+    """Which machines ran the runs behind the page (each ``result.json`` records its own)."""
+    seen: dict[str, int] = {}
+    for r in runs:
+        m = r.result.get("machine")
+        name = (f"{m['cpu']} ({m['cpu_count']} CPUs, {m['device']}), {m['platform']}, jax {m['jax_version']}"
+                if m else "not recorded (runs made before result.json recorded its machine)")
+        seen[name] = seen.get(name, 0) + 1
+    order = sorted(seen, key=lambda name: (name.startswith("not recorded"), name))
+    return "Machines: " + "; ".join(f"{name}: {seen[name]} run{'s' * (seen[name] != 1)}" for name in order) + "."
 
 
 def _stats(values):

@@ -79,7 +79,7 @@ def test_job_errors_for_user_tasks(tmp_path):
 
 
 @pytest.mark.slow
-def test_run_on_the_users_files(tmp_path, tmp_cache, capsys):
+def test_run_on_the_users_files(tmp_path, capsys):
     """Write MR sentences as the user's CSV (training) and JSONL (test), then run the job."""
     from asyndbt_jax.tasks import prepare
 
