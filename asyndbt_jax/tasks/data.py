@@ -181,7 +181,7 @@ def prepare(task: str, *, log=print) -> LabelledData:
                                     what=src.member.rsplit("/", 1)[-1])
             with tarfile.open(archive) as tar:
                 member = tar.extractfile(tar.getmember(src.member))
-                partial = folder / (data_file.name + ".partial")
+                partial = folder / (data_file.name + f".partial{os.getpid()}")
                 with open(partial, "wb") as out:
                     shutil.copyfileobj(member, out)
                 os.replace(partial, data_file)  # atomic: a crash never leaves half a file

@@ -97,6 +97,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -174,7 +175,7 @@ def _apt_download(pkg: DebPackage, into: Path, log) -> bool:
 
 def _url_download(pkg: DebPackage, into: Path, log) -> None:
     log(f"fetching {pkg.url}")
-    partial = into / (pkg.filename + ".partial")
+    partial = into / (pkg.filename + f".partial{os.getpid()}")
     try:
         with urllib.request.urlopen(pkg.url, timeout=60) as response, open(partial, "wb") as out:
             shutil.copyfileobj(response, out)
