@@ -90,13 +90,13 @@ class RayDriver:
             except ConnectionError as error:
                 raise ConnectionError(f"cannot reach the Ray cluster at {address!r}: {error}") from error
         remote = ray.remote(num_cpus=0, max_concurrency=1, max_restarts=0)(_Group)
-        self.threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)
+        threads = max(1, int(ray.cluster_resources().get("CPU", 1)) // actors)  # torch threads per actor
         groups = np.array_split(np.arange(R), actors)
         self.actor_of, self.actors = {}, []
         for g in groups:
             members = {int(i): (_row(state.workers, int(i)), _row(data, int(i))) for i in g}
             actor = remote.options(scheduling_strategy="SPREAD").remote(
-                config, make_feedback, members, test, worker_kwargs, self.threads)
+                config, make_feedback, members, test, worker_kwargs, threads)
             self.actors.append(actor)
             self.actor_of.update({int(i): actor for i in g})
         ray.get([a.ping.remote() for a in self.actors])  # every actor is up (and built its black box)

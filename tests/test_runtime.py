@@ -108,6 +108,14 @@ def test_the_server_goes_on_while_a_slow_worker_computes(task):
     assert math.isfinite(result.final_test_accuracy)
 
 
+def _assert_dropped_for_good(history, worker, *, killed_at, tau):
+    """The killed ``worker`` is dropped within 2(τ + 1) iterations of the kill (each of its two
+    outstanding answers is waited for at most τ + 1 iterations) and never arrives again."""
+    dropped = next(h["iteration"] for h in history if h["iteration"] > killed_at and h["live"] == R - 1)
+    assert dropped <= killed_at + 2 * (tau + 1)
+    assert all(h["live"] == R - 1 and worker not in h["arrived"] for h in history if h["iteration"] >= dropped)
+
+
 def test_a_killed_worker_does_not_stop_training(task):
     def kill(iteration, driver):
         if iteration == 3:
@@ -122,9 +130,7 @@ def test_a_killed_worker_does_not_stop_training(task):
     # before a crash is not lost), and the next request fails. Each of the two is waited for
     # at most τ + 1 iterations, so the worker is dropped by iteration 3 + 2(τ + 1); from then
     # on it never arrives. (How soon within that bound depends on thread timing.)
-    dropped = next(h["iteration"] for h in result.history if h["live"] == R - 1)
-    assert dropped <= 3 + 2 * (tau + 1)
-    assert all(h["live"] == R - 1 and 2 not in h["arrived"] for h in result.history if h["iteration"] >= dropped)
+    _assert_dropped_for_good(result.history, 2, killed_at=3, tau=tau)
     assert result.history[-1]["max_staleness"] > tau  # τ no longer waits for it
     assert result.workers.selection.demo_probs.shape[0] == R - 1
 
@@ -214,10 +220,7 @@ def test_ray_slow_actor_and_killed_actor(task, local_ray):
     without_slow = "".join("x" if 3 not in h["arrived"] else " " for h in result.history[1:25])
     assert max(len(r) for r in without_slow.split()) >= tau
     assert result.failures == {1: 3}
-    # as in test_a_killed_worker_does_not_stop_training: dropped within 2(τ + 1) iterations
-    dropped = next(h["iteration"] for h in result.history if h["iteration"] > 25 and h["live"] == R - 1)
-    assert dropped <= 25 + 2 * (tau + 1)
-    assert all(h["live"] == R - 1 and 1 not in h["arrived"] for h in result.history if h["iteration"] >= dropped)
+    _assert_dropped_for_good(result.history, 1, killed_at=25, tau=tau)
 
 
 def test_ray_unreachable_address_is_a_clear_error(task):
