@@ -284,7 +284,11 @@ def tables(runs, args) -> tuple[str, dict]:
                   "response cache, which the runs of one task share, so a run's wall time depends on what ran "
                   "before it). AsynDBT vs cenDBT: the virtual time is the simulated clock (cenDBT is one machine "
                   "doing all R workers' queries, so its delay per iteration is R times a worker's); the wall time "
-                  "is this machine's, dominated by LLM scoring.", ""]
+                  "is this machine's, dominated by LLM scoring, and one machine runs every worker in turn. Per scored "
+                  "prompt the distributed methods cost more: a worker scores each sampled configuration on its own "
+                  "share of the validation queries (a third of them with 3 workers), so the configuration's prefix "
+                  "(demonstrations and fragment, most of the tokens) is computed once per worker, where cenDBT "
+                  "computes it once for all the queries.", ""]
     plots = []
     for _, t in columns:
         curves = [by[(t, m)][0].path for m in ("asyndbt", "sync", "cendbt") if (t, m) in by]
