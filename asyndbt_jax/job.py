@@ -92,11 +92,14 @@ class JobConfig:
                      "test_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.samples < 2 and self.method != "feddtpt":  # FedDTPT's clients may propose one candidate
+            raise ValueError(f"samples must be >= 2 (the gradient estimate compares sampled configurations), "
+                             f"got {self.samples}")
 
 
 _TYPES = typing.get_type_hints(JobConfig)
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(JobConfig)}
-QUICK = dict(iterations=3, samples=2, test_size=20)
+QUICK = dict(iterations=2, samples=2, test_size=10)  # ~100 s on 2 cores: a smoke run, not a result
 _NOT_RESULTS = ("out", "cache", "progress", "checkpoint_every", "ray_address", "actors")  # settings that do not change what a run computes
 
 

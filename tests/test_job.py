@@ -15,16 +15,16 @@ def test_quick_run_then_a_free_rerun(tmp_path, capsys):
     args = ["run", "--quick", "--json", "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "r.sqlite")]
     assert main(args) == 0
     first = json.loads(capsys.readouterr().out)
-    assert first["task"] == "mr" and first["method"] == "asyndbt" and first["test_examples"] == 20
+    assert first["task"] == "mr" and first["method"] == "asyndbt" and first["test_examples"] == 10
     assert set(first["test_accuracy"]) == {"manual", "random-icl", "asyndbt"}
     assert all(0.0 <= a <= 1.0 for a in first["test_accuracy"].values())
     assert first["llm_prompts"] == sum(first["llm_prompts_by_method"].values()) and first["cache_misses"] > 0
-    assert first["llm_prompts_by_method"]["manual"] == first["llm_prompts_by_method"]["random-icl"] == 20
+    assert first["llm_prompts_by_method"]["manual"] == first["llm_prompts_by_method"]["random-icl"] == 10
     assert len(first["learned_demonstrations"]) == 3 and all(len(d) == 2 for d in first["learned_demonstrations"])
     # the fragment holds vocabulary n-grams only ("" = no word is never printed)
     assert "  " not in first["learned_fragment"] and first["learned_fragment"] == first["learned_fragment"].strip()
     history = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
-    assert len(history) == first["iterations"] == 3
+    assert len(history) == first["iterations"] == 2
     assert json.loads((tmp_path / "run" / "result.json").read_text())["test_accuracy"] == first["test_accuracy"]
     assert first["machine"]["cpu_count"] >= 1 and first["machine"]["device"]  # what measured it
 
@@ -42,7 +42,8 @@ def test_quick_run_then_a_free_rerun(tmp_path, capsys):
     (["--aggregator", "vote"], r"unknown aggregator 'vote'; known: \['sign_consensus'"),
     (["--malicious", "3"], r"--malicious \(B=3\) must be between 0 and --workers - 1 \(2\)"),
     (["--iterations", "0"], r"iterations must be >= 1, got 0"),
-    (["--budget", "100"], r"--budget 100 is too small: the baselines score 40 prompts and one iteration with its "
+    (["--samples", "1"], r"samples must be >= 2 \(the gradient estimate compares sampled configurations\), got 1"),
+    (["--budget", "100"], r"--budget 100 is too small: the baselines score 20 prompts and one iteration with its "
                           r"evaluation up to \d+"),
     (["--resume", "nowhere"], r"nowhere holds no run to resume \(no config.json\)"),
     (["--runtime", "threads"], r"unknown runtime 'threads'; known: simulated, local, ray"),
