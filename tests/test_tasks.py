@@ -144,3 +144,18 @@ def test_cli_data_prepare_json(tmp_cache, capsys):
     assert main(["data", "prepare", "mr", "--json"]) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert row["task"] == "mr" and row["examples"] == 4000 and row["test"] == 200 and row["vocabulary"] == 100
+
+
+def test_atomic_file_replaces_whole_or_not_at_all(tmp_path):
+    from asyndbt_jax._files import atomic_file
+
+    path = tmp_path / "data.txt"
+    path.write_text("old")
+    with pytest.raises(RuntimeError), atomic_file(path) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["data.txt"]
+    with atomic_file(path) as tmp:
+        tmp.write_text("new")
+        assert path.read_text() == "old"  # readers see the old file until the block ends
+    assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["data.txt"]

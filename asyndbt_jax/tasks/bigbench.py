@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import re
 import shutil
 import tarfile
@@ -55,6 +54,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import atomic_file
 from ..llm.models import cache_root
 from ..llm.prompts import PAPER_TEMPLATES
 from .data import BUILT, Builder, LabelledData, fetch_package
@@ -124,10 +124,8 @@ def bigbench_members(log=print) -> dict[str, Path]:
                     source = tar.extractfile(info)
                     if source is None:
                         raise ValueError(f"{ARCHIVE}: member {info.name} is not a regular file")
-                    partial = paths[key].with_name(paths[key].name + ".partial")
-                    with open(partial, "wb") as out:
+                    with atomic_file(paths[key]) as partial, open(partial, "wb") as out:
                         shutil.copyfileobj(source, out)
-                    os.replace(partial, paths[key])  # atomic: never half a file
                     if not wanted:
                         break
             if wanted:
@@ -370,11 +368,9 @@ def turk_pairs(task_json: dict, member: str = MEMBERS["turk"]) -> tuple[list[dic
 
 def write_examples(path: Path, examples: Sequence[dict], labels: Sequence[int]) -> None:
     """Write ``examples.jsonl`` atomically: one ``{"label": int, **slots}`` per line."""
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "w", encoding="utf-8") as out:
+    with atomic_file(path) as partial, open(partial, "w", encoding="utf-8") as out:
         out.writelines(json.dumps({"label": int(label), **example}, ensure_ascii=False) + "\n"
                        for example, label in zip(examples, labels, strict=True))
-    os.replace(partial, path)
 
 
 class BigBenchTask(Builder):

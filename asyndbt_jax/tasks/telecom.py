@@ -97,7 +97,6 @@ from __future__ import annotations
 import gzip
 import io
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -111,6 +110,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._files import atomic_file
 from ..llm.prompts import PAPER_TEMPLATES
 from .data import BUILT, Builder, LabelledData, _sha256
 
@@ -175,14 +175,12 @@ def _apt_download(pkg: DebPackage, into: Path, log) -> bool:
 
 def _url_download(pkg: DebPackage, into: Path, log) -> None:
     log(f"fetching {pkg.url}")
-    partial = into / (pkg.filename + f".partial{os.getpid()}")
     try:
-        with urllib.request.urlopen(pkg.url, timeout=60) as response, open(partial, "wb") as out:
+        with (atomic_file(into / pkg.filename) as partial, urllib.request.urlopen(pkg.url, timeout=60) as response,
+              open(partial, "wb") as out):
             shutil.copyfileobj(response, out)
     except (urllib.error.URLError, OSError) as err:
-        partial.unlink(missing_ok=True)
         raise ConnectionError(f"could not download {pkg.name} {pkg.version} from {pkg.url}: {err}") from None
-    partial.replace(into / pkg.filename)
 
 
 def fetch_deb(pkg: DebPackage, into: Path, log=print) -> Path:
