@@ -228,7 +228,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
     from .engine import AGGREGATORS, METHODS, Data, decoded_prompts
     from .harness import run_method
     from .llm import LLMFeedback, ResponseCache, cache_root
-    from .simulator import checkpoint_meta, parse_delay
+    from .simulator import parse_delay
     from .tasks import paper_split, partition_workers
 
     if cfg.method not in job_methods():
@@ -279,6 +279,13 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
             raise FileNotFoundError(f"{out} has no checkpoint yet (the run stopped before its first iteration "
                                     "ended): start it again without --resume")
     started = time.perf_counter()
+    # a resumed run's wall time: what the run had spent when its checkpoint was written, plus this part
+    before = 0.0
+    if resume and checkpoint.exists():
+        before = _checkpoint_extra(checkpoint, cfg.method == "feddtpt").get("wall_seconds", 0.0)
+
+    def wall() -> float:
+        return before + time.perf_counter() - started
 
     data, test_pool = load_task(cfg)  # every data problem is reported before the run folder is touched
     split = paper_split(data, seed=cfg.seed, test=cfg.test_size, test_pool=test_pool)
@@ -338,9 +345,10 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
         "llm_prompts_by_method": prompts,
     }
     if cfg.method == "feddtpt":
-        summary.update(_run_feddtpt(cfg, task, scorer, cache, train, split, out, checkpoint, accuracy, prompts, resume))
+        summary.update(_run_feddtpt(cfg, task, scorer, cache, train, split, out, checkpoint, accuracy, prompts, resume,
+                                    wall))
     if tuned:
-        done = checkpoint_meta(checkpoint)["extra"]["prompts"] if resume else 0
+        done = _checkpoint_extra(checkpoint, False)["prompts"] if resume else 0
         spent = {"max_step": 0, "last": baseline_cost + done}
 
         def near_budget() -> bool:  # stop before an iteration that could overrun the budget
@@ -362,7 +370,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
             lr_fragment=cfg.lr, lr_demos=cfg.lr, num_malicious=cfg.malicious, attack=cfg.attack,
             aggregator=cfg.aggregator, status=feedback.status, checkpoint=str(checkpoint),
             checkpoint_every=cfg.checkpoint_every, resume=resume, stop=near_budget,
-            checkpoint_extra=lambda: {"prompts": done + feedback.prompts - tuning_start},
+            checkpoint_extra=lambda: {"prompts": done + feedback.prompts - tuning_start, "wall_seconds": wall()},
         )
         accuracy[cfg.method] = result.final_test_accuracy
         prompts[cfg.method] = done + feedback.prompts - tuning_start
@@ -383,7 +391,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
         "llm_prompts": sum(prompts.values()),
         "cache_hits": cache.hits,
         "cache_misses": cache.misses,
-        "wall_seconds": time.perf_counter() - started,
+        "wall_seconds": wall(),
         "machine": machine_info(),
         "resumed": resume,
         "notes": list(split.notes),
@@ -392,6 +400,13 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
     })
     (out / "result.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _checkpoint_extra(checkpoint: Path, feddtpt: bool) -> dict:
+    """What the job stored in its checkpoint (prompts scored, wall time spent)."""
+    from .simulator import checkpoint_meta
+
+    return json.loads(checkpoint.read_text()).get("extra", {}) if feddtpt else checkpoint_meta(checkpoint)["extra"]
 
 
 def _learned(data, task, split, decoded) -> dict:
@@ -453,7 +468,7 @@ def _num_rows(workers) -> int:
 
 
 def _run_feddtpt(cfg: JobConfig, task, scorer, cache, train, split, out: Path, checkpoint: Path, accuracy: dict,
-                 prompts: dict, resume: bool) -> dict:
+                 prompts: dict, resume: bool, wall) -> dict:
     """FedDTPT on the job's workers (its clients), the validation split as the small balanced
     public set, ``iterations`` rounds of ``samples`` proposals each; checkpointed after every
     round to ``checkpoint.json`` (``resume`` continues from it)."""
@@ -468,6 +483,7 @@ def _run_feddtpt(cfg: JobConfig, task, scorer, cache, train, split, out: Path, c
         client=ClientConfig(kind=cfg.feddtpt_client, num_candidates=cfg.samples, max_length=cfg.fragment_words),
         server=ServerConfig(method=cfg.feddtpt_server), proposer=proposer, cache=cache, seed=cfg.seed,
         progress=cfg.progress, history_path=out / "history.jsonl", checkpoint=checkpoint, resume=resume,
+        checkpoint_extra=lambda: {"wall_seconds": wall()},
         **(dict(delay=parse_delay(cfg.delay), num_active=cfg.active, max_staleness=cfg.staleness) if cfg.feddtpt_async else {}),
     )
     accuracy["feddtpt"] = result.test_accuracy

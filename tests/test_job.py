@@ -2,6 +2,7 @@
 run), its outputs, a rerun answered from the cache, and bad input (issue 8)."""
 
 import json
+import time
 
 import pytest
 
@@ -150,7 +151,6 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_state(tmp_path):
     import signal
     import subprocess
     import sys
-    import time
 
     import numpy as np
 
@@ -177,11 +177,15 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_state(tmp_path):
     assert again.returncode != 0 and "holds an unfinished run of these settings" in again.stderr
     assert checkpoint_meta(killed / "checkpoint.npz")["next_iteration"] == at_kill  # untouched
 
+    spent = checkpoint_meta(killed / "checkpoint.npz")["extra"]["wall_seconds"]  # when the checkpoint was written
+    start = time.perf_counter()
     resumed = subprocess.run([sys.executable, "-m", "asyndbt_jax.cli", "run", "--json", "--resume", str(killed)],
                              capture_output=True, text=True, check=True)
+    took = time.perf_counter() - start
     whole = subprocess.run([*args, "--out", str(tmp_path / "whole")], capture_output=True, text=True, check=True)
     a, b = json.loads(resumed.stdout), json.loads(whole.stdout)
     assert a["resumed"] and a["iterations"] == b["iterations"] == 7
+    assert 0 < spent < a["wall_seconds"] < spent + took  # the wall time of both parts, not only the last
     for key in ("test_accuracy", "llm_prompts_by_method", "learned_demonstrations", "learned_fragment",
                 "virtual_time", "final_validation_accuracy"):
         assert a[key] == b[key], key
@@ -189,6 +193,7 @@ def test_a_run_killed_with_sigkill_resumes_to_the_uninterrupted_state(tmp_path):
     assert arrays_a.keys() == arrays_b.keys()
     for k in arrays_a:
         np.testing.assert_array_equal(arrays_a[k], arrays_b[k])
+    assert meta_a.pop("extra").keys() == meta_b.pop("extra").keys() == {"prompts", "wall_seconds"}
     assert meta_a == meta_b
     assert (killed / "history.jsonl").read_text() == (tmp_path / "whole" / "history.jsonl").read_text()
 
@@ -240,10 +245,15 @@ def test_feddtpt_is_a_method_of_the_job(tmp_path, capsys):
     history = (tmp_path / "f" / "history.jsonl").read_text().splitlines()
     assert len(history) == 3  # round 0 (the initial prompt) and two rounds
     # checkpointed every round: --resume continues from checkpoint.json (here: after the last round)
-    assert json.loads((tmp_path / "f" / "checkpoint.json").read_text())["next_round"] == 3
+    saved = json.loads((tmp_path / "f" / "checkpoint.json").read_text())
+    assert saved["next_round"] == 3 and 0 < saved["extra"]["wall_seconds"] < out["wall_seconds"]
+    saved["extra"]["wall_seconds"] = 1000.0  # planted: the resumed run adds its own time to what the checkpoint says
+    (tmp_path / "f" / "checkpoint.json").write_text(json.dumps(saved))
+    start = time.perf_counter()
     assert main(["run", "--json", "--resume", str(tmp_path / "f"), "--cache", str(tmp_path / "r.sqlite")]) == 0
+    took = time.perf_counter() - start
     again = json.loads(capsys.readouterr().out)
-    assert again["resumed"] and again["rounds"] == 2
+    assert again["resumed"] and again["rounds"] == 2 and 1000.0 < again["wall_seconds"] < 1000.0 + took
     for key in ("test_accuracy", "learned_fragment", "llm_prompts_by_method", "communication"):
         assert again[key] == out[key]
     assert (tmp_path / "f" / "history.jsonl").read_text().splitlines() == history

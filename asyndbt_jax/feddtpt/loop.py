@@ -311,6 +311,7 @@ class _Rounds:
     history: list[dict]
     checkpoint: Path | None = None
     run_id: dict | None = None
+    checkpoint_extra: Callable[[], dict] | None = None
 
     def begin(self) -> tuple[float, int, int]:
         """A round's start: (wall clock, prompts scored, evaluation prompts)."""
@@ -356,7 +357,8 @@ class _Rounds:
             return
         state = {"run": self.run_id, "next_round": t + 1, "global_prompt": list(prompt),
                  "histories": [[[list(w), a] for w, a in h] for h in self.histories], "totals": self.totals,
-                 "history": self.history, "scored": self.evaluator.state_dict(), **extra}
+                 "history": self.history, "scored": self.evaluator.state_dict(),
+                 "extra": self.checkpoint_extra() if self.checkpoint_extra else {}, **extra}
         tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
         tmp.write_text(json.dumps(state))
         os.replace(tmp, self.checkpoint)
@@ -535,7 +537,8 @@ def run_feddtpt(task, scorer, train, public, test, *, rounds: int = 10, client: 
                 initial_prompt: str | Sequence[str] = DEFAULT_INITIAL_PROMPT, clients_per_round: int | None = None,
                 cache=None, seed: int = 0, progress: bool = False, history_path: str | Path | None = None,
                 stop: Callable[[], bool] | None = None, delay=None, num_active: int | None = None,
-                max_staleness: int = 4, checkpoint: str | Path | None = None, resume: bool = False) -> FedDTPTResult:
+                max_staleness: int = 4, checkpoint: str | Path | None = None, resume: bool = False,
+                checkpoint_extra: Callable[[], dict] | None = None) -> FedDTPTResult:
     """FedDTPT: synchronous federated discrete prompt tuning (module docstring).
 
     Args:
@@ -576,6 +579,8 @@ def run_feddtpt(task, scorer, train, public, test, *, rounds: int = 10, client: 
         resume: continue from ``checkpoint`` (written by a run of the same settings). Proposals
             and random edits are seeded per (round, client), so a resumed run ends exactly
             where an uninterrupted one does; its LLM scores can come from the response cache.
+        checkpoint_extra: ``() -> dict`` stored in each checkpoint under ``"extra"`` (the
+            caller's own state, e.g. the wall time spent so far).
 
     Returns:
         A :class:`FedDTPTResult`. ``history[t]`` holds ``round``, ``prompt``, ``words``,
@@ -669,7 +674,8 @@ def run_feddtpt(task, scorer, train, public, test, *, rounds: int = 10, client: 
     fed = _Rounds(client=client, server=server, proposer=proposer, evaluator=evaluator, table=table, queries=queries,
                   histories=histories, words_vocab=words_vocab, description=description, max_length=max_length,
                   seed=seed, public_accuracy=public_accuracy, record=record, totals=totals, history=history,
-                  checkpoint=None if checkpoint is None else Path(checkpoint), run_id=run_id)
+                  checkpoint=None if checkpoint is None else Path(checkpoint), run_id=run_id,
+                  checkpoint_extra=checkpoint_extra)
     with contextlib.ExitStack() as stack:
         if history_path is not None:
             Path(history_path).parent.mkdir(parents=True, exist_ok=True)
