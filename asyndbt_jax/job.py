@@ -279,13 +279,11 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
             raise FileNotFoundError(f"{out} has no checkpoint yet (the run stopped before its first iteration "
                                     "ended): start it again without --resume")
     started = time.perf_counter()
-    # a resumed run's wall time: what the run had spent when its checkpoint was written, plus this part
-    before = 0.0
-    if resume and checkpoint.exists():
-        before = _checkpoint_extra(checkpoint, cfg.method == "feddtpt").get("wall_seconds", 0.0)
+    # what the job stored in its checkpoint: the prompts it had scored and the wall time it had spent
+    saved = _checkpoint_extra(checkpoint, cfg.method == "feddtpt") if resume and checkpoint.exists() else {}
 
-    def wall() -> float:
-        return before + time.perf_counter() - started
+    def wall() -> float:  # a resumed run's: the time spent when its checkpoint was written, plus this part
+        return saved.get("wall_seconds", 0.0) + time.perf_counter() - started
 
     data, test_pool = load_task(cfg)  # every data problem is reported before the run folder is touched
     split = paper_split(data, seed=cfg.seed, test=cfg.test_size, test_pool=test_pool)
@@ -348,7 +346,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
         summary.update(_run_feddtpt(cfg, task, scorer, cache, train, split, out, checkpoint, accuracy, prompts, resume,
                                     wall))
     if tuned:
-        done = _checkpoint_extra(checkpoint, False)["prompts"] if resume else 0
+        done = saved["prompts"] if resume else 0
         spent = {"max_step": 0, "last": baseline_cost + done}
 
         def near_budget() -> bool:  # stop before an iteration that could overrun the budget

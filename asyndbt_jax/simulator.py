@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._files import atomic_file
 from .engine import AsynDBTConfig, Data, EngineState, evaluate, init_state, malicious_mask, server_step
 
 KINDS = ("constant", "exponential", "lognormal", "pareto", "classes")
@@ -189,12 +190,10 @@ def save_checkpoint(path: str | os.PathLike, state: EngineState, meta: dict) -> 
     buffer = io.BytesIO()
     np.savez(buffer, meta=np.asarray(json.dumps(meta)), **{f"leaf{i}": np.asarray(x) for i, x in enumerate(leaves)})
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic_file(path) as tmp, open(tmp, "wb") as f:
         f.write(buffer.getvalue())
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def checkpoint_meta(path: str | os.PathLike) -> dict:

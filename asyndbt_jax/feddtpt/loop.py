@@ -51,7 +51,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -62,6 +61,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._files import atomic_file
 from .client import (
     ClientConfig,
     Proposer,
@@ -359,9 +359,8 @@ class _Rounds:
                  "histories": [[[list(w), a] for w, a in h] for h in self.histories], "totals": self.totals,
                  "history": self.history, "scored": self.evaluator.state_dict(),
                  "extra": self.checkpoint_extra() if self.checkpoint_extra else {}, **extra}
-        tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
-        tmp.write_text(json.dumps(state))
-        os.replace(tmp, self.checkpoint)
+        with atomic_file(self.checkpoint) as tmp:
+            tmp.write_text(json.dumps(state))
 
 
 def load_checkpoint(path: str | Path, run_id: dict) -> dict:
