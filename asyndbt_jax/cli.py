@@ -266,7 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                 "own model (default: one per worker)")
     run.add_argument("--out", help="run folder (default runs/<task>-<method>-seed<seed>)")
     run.add_argument("--cache", help="response cache file (default: responses.sqlite in the user cache)")
-    run.add_argument("--quick", action="store_true", help="a smoke run: 2 iterations, I=2, 10 test examples (about 100 s on 2 CPU cores)")
+    run.add_argument("--quick", action="store_true",
+                     help="a smoke run: 2 iterations, I=2, 10 test examples (about 100 s on 2 CPU cores)")
     run.add_argument("--json", action="store_true", help="print the result as one JSON object, no progress")
     run.set_defaults(func=_run)
 

@@ -189,7 +189,6 @@ def save_checkpoint(path: str | os.PathLike, state: EngineState, meta: dict) -> 
     leaves = jax.tree.leaves(jax.device_get(jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, state)))
     buffer = io.BytesIO()
     np.savez(buffer, meta=np.asarray(json.dumps(meta)), **{f"leaf{i}": np.asarray(x) for i, x in enumerate(leaves)})
-    path = Path(path)
     with atomic_file(path) as tmp, open(tmp, "wb") as f:
         f.write(buffer.getvalue())
         f.flush()
