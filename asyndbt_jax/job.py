@@ -155,7 +155,17 @@ def load_task(cfg: JobConfig):
     if cfg.test_file:
         raise ValueError("--test-file goes with --train-file")
     if cfg.glue_dir:
-        return load_glue(cfg.glue_dir, cfg.task, "train"), None
+        # The paper's split draws every part from one pool: the task's train.tsv, or its dev.tsv
+        # where the folder has no train.tsv (a QQP folder with the dev file only).
+        try:
+            return load_glue(cfg.glue_dir, cfg.task, "train"), None
+        except FileNotFoundError as missing:
+            try:
+                data = load_glue(cfg.glue_dir, cfg.task, "dev")
+            except FileNotFoundError:
+                raise missing from None
+            _log(cfg, f"note: {missing}; every split is drawn from {data.source}")
+            return data, None
     if cfg.task not in known_tasks():
         raise ValueError(f"unknown task {cfg.task!r}; known: {known_tasks()} (or --glue-dir with {sorted(GLUE)}, "
                          "or your own --train-file)")

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from asyndbt_jax.cli import main
+from asyndbt_jax.job import JobConfig, load_task
 from asyndbt_jax.tasks import REGISTRY, load_glue, paper_split, partition_workers, pmi_vocabulary, prepare
 from asyndbt_jax.tasks import data as datamod
 
@@ -84,6 +85,20 @@ def test_glue_errors_name_the_file_and_row(tmp_path):
         load_glue(tmp_path, "mrpc")
     with pytest.raises(ValueError, match="unknown GLUE task 'glue'; known"):
         load_glue(tmp_path, "glue")
+
+
+def test_a_glue_folder_without_train_file_draws_from_dev(tmp_path, capsys):
+    """QQP's folder may hold dev.tsv only: the job's one pool is then the dev file, and it says so;
+    a folder with neither file names the train file it wanted."""
+    (tmp_path / "QQP").mkdir()
+    rows = [f"{i}\t{2 * i}\t{2 * i + 1}\tquestion {i} one?\tquestion {i} two?\t{i % 2}" for i in range(6)]
+    (tmp_path / "QQP" / "dev.tsv").write_text("\n".join(rows) + "\n")
+    data, test_pool = load_task(JobConfig(task="qqp", glue_dir=str(tmp_path)))
+    assert test_pool is None and len(data.examples) == 6 and data.source.endswith("QQP/dev.tsv")
+    assert list(data.labels) == [0, 1, 0, 1, 0, 1]
+    assert "QQP/train.tsv not found" in capsys.readouterr().err
+    with pytest.raises(FileNotFoundError, match=r"CoLA/train.tsv not found"):
+        load_task(JobConfig(task="cola", glue_dir=str(tmp_path)))
 
 
 @pytest.mark.skipif(not REAL_GLUE.exists(), reason="the real GLUE files live only on developer and CI machines")
