@@ -85,6 +85,22 @@ def parse_method(spec: str) -> tuple[str, dict]:
     return method, {f"feddtpt_{part}": kind}
 
 
+def _pool(by: dict, task: str) -> str:
+    """`` (split from QQP/dev.tsv)`` where a GLUE task's runs drew their split from another file
+    than its train.tsv (a folder holding the dev file only); empty otherwise."""
+    files = sorted({"/".join(Path(run.result["source"]).parts[-2:]) for (t, _), rs in by.items() if t == task
+                    for run in rs if run.result.get("source")})
+    other = [f for f in files if not f.endswith("train.tsv")]
+    return f" (split from {', '.join(other)})" if task.startswith("glue:") and other else ""
+
+
+def _no_runs(columns) -> str:
+    """`` The paper's QNLI has no column yet: none of its runs is here.`` for the paper's tasks without a column."""
+    missing = [c for c in PAPER_COLUMNS if c not in {c for c, _ in columns}]
+    return f" The paper's {', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no column yet: none of " \
+           f"{'its' if len(missing) == 1 else 'their'} runs is here." if missing else ""
+
+
 def method_spec(config: dict) -> str:
     """The method spec a finished run's config stands for (the inverse of :func:`parse_method`)."""
     if config["method"] != "feddtpt":
@@ -207,8 +223,9 @@ def tables(runs, args) -> tuple[str, dict]:
         "",
         _machines(runs),
         "",
-        "Tasks: " + "; ".join(f"**{c}** → `{t}`" for c, t in columns) + " (`glue:` = the real GLUE files, "
-        "route 2; otherwise the registry substitute, route 1 of DATA.md).",
+        "Tasks: " + "; ".join(f"**{c}** → `{t}`{_pool(by, t)}" for c, t in columns) + " (`glue:` = the real GLUE "
+        "files, route 2, the split drawn from the task's train.tsv unless said; otherwise the registry substitute, "
+        "route 1 of DATA.md)." + _no_runs(columns),
         "",
         "## Table 3: accuracy of every method",
         "",
