@@ -1,12 +1,16 @@
 """Virtual time for AsynDBT vs synchronous DBT to reach the same validation accuracy.
 
-    python benchmarks/async_vs_sync.py [--quick] [--json] [--out FILE] [--gap l2sq|l1] [--seeds N] [--staleness TAU] [--delays A,B]
+    python benchmarks/async_vs_sync.py [--quick] [--json] [--out FILE] [--gap l2sq|l1] [--seeds N] [--staleness TAU]
+        [--delays A,B] [--lr-dual X] [--async-lr-dual X]
 
 Planted oracle, R = 100 workers (quick: 20), AsynDBT waits for S = 10 (quick: 4) messages with
 staleness bound τ = 20 (quick: 8); synchronous DBT waits for all. Delays: lognormal σ = 1
 and Pareto α = 1.5. Synchronous DBT runs a fixed number of iterations; AsynDBT gets twice
-the worker work as a budget. Both are evaluated after the same amount of worker work (every
-5 synchronous iterations, every 5·R/S asynchronous ones) and both curves are smoothed with
+the worker work as a budget. Both run at the same rates per unit of worker work: AsynDBT
+refreshes the polyhedron every δ·R/S iterations and takes cut-dual steps of η_λ·S/R, where
+synchronous DBT refreshes every δ and steps η_λ (``--lr-dual``, default the paper's 0.1;
+``--async-lr-dual`` sets AsynDBT's step instead, for the ablation). Both are evaluated
+after the same amount of worker work (every 5 synchronous iterations, every 5·R/S asynchronous ones) and both curves are smoothed with
 the same moving average over SMOOTH evaluations (one evaluation is the mean accuracy of 100
 workers on their own 20 validation queries: a single point is noisy, and a target set at
 the noisiest point of one run measures luck). The target is the best smoothed validation
@@ -38,34 +42,47 @@ from asyndbt_jax.simulator import parse_delay  # noqa: E402
 # online workers, so refreshing at the per-iteration rate would make AsynDBT pay R/S times
 # more straggler-bound refreshes than synchronous DBT.
 REFRESH = 10
+# The cut duals λ take one ascent step per server iteration. An asynchronous iteration
+# carries about S/R of a synchronous one's worker work, so AsynDBT's step is η_λ·S/R: the
+# same dual rate per unit of worker work (with η_λ unscaled, AsynDBT took about 10× more
+# dual steps per message and needed 1.2–1.7× more messages to reach the target;
+# docs/performance.md).
+LR_DUAL = 0.1  # the paper's dual learning rate
 EVAL = 5  # synchronous iterations between evaluations
 SMOOTH = 4  # evaluations in the moving average
 
 
 def smoothed(history):
-    """``(times, smoothed validation, test)`` at every evaluation (moving average over SMOOTH)."""
-    ev = [h for h in history if "validation_accuracy" in h]
-    val = np.array([h["validation_accuracy"] for h in ev])
+    """``(times, smoothed validation, test, messages)`` at every evaluation (moving average over
+    SMOOTH; ``messages``: worker messages the server had processed by then)."""
+    messages = np.cumsum([len(h["arrived"]) for h in history])
+    ev = [i for i, h in enumerate(history) if "validation_accuracy" in h]
+    val = np.array([history[i]["validation_accuracy"] for i in ev])
     kernel = np.ones(SMOOTH)
     counts = np.convolve(np.ones_like(val), kernel)[: len(val)]
     smooth = np.convolve(val, kernel)[: len(val)] / counts
-    return np.array([h["virtual_time"] for h in ev]), smooth, np.array([h["test_accuracy"] for h in ev])
+    return (np.array([history[i]["virtual_time"] for i in ev]), smooth,
+            np.array([history[i]["test_accuracy"] for i in ev]), messages[ev])
 
 
 def first_time_at(curve, target):
-    times, smooth, test = curve
+    """``(time, test accuracy, messages)`` at the first evaluation whose smoothed curve reaches ``target``."""
+    times, smooth, test, messages = curve
     hit = np.flatnonzero(smooth >= target - 1e-9)
     if hit.size == 0:
-        return None, None
-    return float(times[hit[0]]), float(test[hit[0]])
+        return None, None, None
+    return float(times[hit[0]]), float(test[hit[0]]), int(messages[hit[0]])
 
 
 def main() -> None:
     def extra(p):
         p.add_argument("--gap", choices=["l2sq", "l1"], default="l2sq", help="cut gap norm")
-        p.add_argument("--seeds", type=int, default=3, help="run seeds per delay model")
+        p.add_argument("--seeds", type=int, default=5, help="run seeds per delay model (default 5)")
         p.add_argument("--staleness", type=int, help="AsynDBT staleness bound τ (default 20; quick 8)")
         p.add_argument("--delays", default="lognormal:1.0,pareto:1.5", help="comma-separated delay models")
+        p.add_argument("--lr-dual", type=float, default=LR_DUAL,
+                       help=f"synchronous DBT's cut-dual step η_λ (default {LR_DUAL}); AsynDBT's is η_λ·S/R")
+        p.add_argument("--async-lr-dual", type=float, help="AsynDBT's cut-dual step instead of η_λ·S/R (ablation)")
 
     args = _common.parse_args(__doc__.splitlines()[1], extra)
     R, S, tau = (20, 4, 8) if args.quick else (100, 10, 20)
@@ -73,6 +90,7 @@ def main() -> None:
     seeds = 1 if args.quick else args.seeds
     sync_iterations = 40 if args.quick else 120
     async_iterations = sync_iterations * (R // S) * 2
+    async_lr_dual = args.lr_dual * S / R if args.async_lr_dual is None else args.async_lr_dual
     common = dict(num_samples=10, lr_fragment=0.05, lr_demos=0.05, progress=not args.json, gap_norm=args.gap)
     task = make_planted_task(jax.random.key(0), num_workers=R)
     results = {}
@@ -83,17 +101,18 @@ def main() -> None:
             _common.log(args, f"{spec} seed {seed}: synchronous DBT")
             sync, _ = run_planted(
                 "sync", task, delay, iterations=sync_iterations, num_active=R, max_staleness=tau,
-                refresh_every=REFRESH, eval_every=EVAL, seed=seed, **common,
+                refresh_every=REFRESH, eval_every=EVAL, lr_dual=args.lr_dual, seed=seed, **common,
             )
             sync_curve = smoothed(sync.history)
             target = float(sync_curve[1].max())
-            sync_time, sync_acc = first_time_at(sync_curve, target)
+            sync_time, sync_acc, sync_messages = first_time_at(sync_curve, target)
             _common.log(args, f"{spec} seed {seed}: AsynDBT (target smoothed validation accuracy {target:.3f})")
             asyn, _ = run_planted(
                 "asyndbt", task, delay, iterations=async_iterations, num_active=S, max_staleness=tau,
-                refresh_every=REFRESH * R // S, eval_every=EVAL * R // S, seed=seed, **common,
+                refresh_every=REFRESH * R // S, eval_every=EVAL * R // S, lr_dual=async_lr_dual, seed=seed,
+                **common,
             )
-            async_time, async_acc = first_time_at(smoothed(asyn.history), target)
+            async_time, async_acc, async_messages = first_time_at(smoothed(asyn.history), target)
             reached = async_time is not None
             per_seed.append({
                 "seed": seed,
@@ -102,6 +121,8 @@ def main() -> None:
                 "async_time_to_target": async_time if reached else asyn.virtual_time,
                 "async_reached_target": reached,
                 "time_ratio": (async_time if reached else asyn.virtual_time) / sync_time,
+                "sync_messages_to_target": sync_messages,
+                "async_messages_to_target": async_messages,
                 "acc_sync": sync_acc,
                 "acc_async": async_acc if reached else asyn.final_test_accuracy,
                 "sync_virtual_time_total": sync.virtual_time,
@@ -113,6 +134,10 @@ def main() -> None:
             "acc_sync": float(np.mean([r["acc_sync"] for r in per_seed])),
             "acc_async": float(np.mean([r["acc_async"] for r in per_seed])),
             "all_reached": all(r["async_reached_target"] for r in per_seed),
+            # worker messages to the target, async over sync (mean over the seeds that reached it)
+            "message_ratio": float(np.mean(reached)) if (reached := [
+                r["async_messages_to_target"] / r["sync_messages_to_target"] for r in per_seed if r["async_reached_target"]
+            ]) else None,
             "runs": per_seed,
         }
     _common.emit(
@@ -121,6 +146,7 @@ def main() -> None:
             **_common.machine(),
             "inputs": {"workers": R, "active": S, "staleness": tau, "sync_iterations": sync_iterations,
                        "async_iteration_budget": async_iterations, "seeds": seeds, "smooth": SMOOTH,
+                       "lr_dual_sync": args.lr_dual, "lr_dual_async": async_lr_dual,
                        "quick": args.quick, "gap_norm": args.gap},
             "optimum_accuracy": task.optimum_accuracy,
             "results": results,

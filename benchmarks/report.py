@@ -3,8 +3,10 @@
     python benchmarks/report.py docs/core_kernels_cpu.json docs/core_kernels_gpu.json
     python benchmarks/report.py docs/robustness_quick.json
     python benchmarks/report.py docs/aggregators_cpu.json
+    python benchmarks/report.py docs/async_vs_sync.json
 
-The table is chosen by the file's ``benchmark`` field (core_kernels, robustness or aggregators).
+The table is chosen by the file's ``benchmark`` field (core_kernels, robustness, aggregators or
+async_vs_sync).
 Robustness files marked ``"complete": false`` (the ``.partN`` files of a stopped ``--jobs``
 run) are merged into one table, with a dash for cells not yet run.
 """
@@ -96,7 +98,31 @@ def aggregators_table(result: dict) -> str:
     return "\n".join(lines)
 
 
-TABLES = {"core_kernels": core_kernels_table, "robustness": robustness_table, "aggregators": aggregators_table}
+def async_vs_sync_table(result: dict) -> str:
+    inputs = result["inputs"]
+    lines = [
+        f"**{result['device']}**, jax {result['jax_version']}. R = {inputs['workers']}, S = {inputs['active']}, "
+        f"{inputs['seeds']} seeds; cut-dual step η_λ {inputs.get('lr_dual_sync', 0.1):g} (synchronous) / "
+        f"{inputs.get('lr_dual_async', 0.1):g} (AsynDBT).",
+        "",
+        "| delays | τ | target val. acc. (mean) | time ratio per seed | time ratio (mean) | messages to target, "
+        "async / sync | test acc. sync | test acc. async |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for delay, r in result["results"].items():
+        target = sum(run["target_validation_accuracy"] for run in r["runs"]) / len(r["runs"])
+        per_seed = " / ".join(f"{x:.2f}" + ("" if run["async_reached_target"] else "*")
+                              for x, run in zip(r["time_ratio_by_seed"], r["runs"]))
+        messages = r.get("message_ratio")
+        lines.append(f"| {delay} | {inputs['staleness']} | {target:.3f} | {per_seed} | **{r['time_ratio']:.2f}** | "
+                     f"{'—' if messages is None else f'{messages:.2f}'} | {r['acc_sync']:.3f} | {r['acc_async']:.3f} |")
+    if not all(r["all_reached"] for r in result["results"].values()):
+        lines += ["", "\\* AsynDBT never reached the target in that seed: its whole budget counts."]
+    return "\n".join(lines)
+
+
+TABLES = {"core_kernels": core_kernels_table, "robustness": robustness_table, "aggregators": aggregators_table,
+          "async_vs_sync": async_vs_sync_table}
 
 
 def merge_parts(parts: list[dict]) -> dict:
