@@ -10,8 +10,9 @@ the worker work as a budget. Both run at the same rates per unit of worker work:
 refreshes the polyhedron every δ·R/S iterations and takes cut-dual steps of η_λ·S/R, where
 synchronous DBT refreshes every δ and steps η_λ (``--lr-dual``, default the paper's 0.1;
 ``--async-lr-dual`` sets AsynDBT's step instead, for the ablation). Both are evaluated
-after the same amount of worker work (every 5 synchronous iterations, every 5·R/S asynchronous ones) and both curves are smoothed with
-the same moving average over SMOOTH evaluations (one evaluation is the mean accuracy of 100
+after the same amount of worker work (every 5 synchronous iterations, every 5·R/S
+asynchronous ones) and both curves are smoothed with the same moving average over SMOOTH
+evaluations (one evaluation is the mean accuracy of 100
 workers on their own 20 validation queries: a single point is noisy, and a target set at
 the noisiest point of one run measures luck). The target is the best smoothed validation
 accuracy synchronous DBT reached; each method's time to target is the first time its
@@ -128,6 +129,8 @@ def main() -> None:
                 "sync_virtual_time_total": sync.virtual_time,
                 "async_virtual_time_total": asyn.virtual_time,
             })
+        message_ratios = [r["async_messages_to_target"] / r["sync_messages_to_target"]
+                          for r in per_seed if r["async_reached_target"]]
         results[spec] = {
             "time_ratio": float(np.mean([r["time_ratio"] for r in per_seed])),
             "time_ratio_by_seed": [r["time_ratio"] for r in per_seed],
@@ -135,9 +138,7 @@ def main() -> None:
             "acc_async": float(np.mean([r["acc_async"] for r in per_seed])),
             "all_reached": all(r["async_reached_target"] for r in per_seed),
             # worker messages to the target, async over sync (mean over the seeds that reached it)
-            "message_ratio": float(np.mean(reached)) if (reached := [
-                r["async_messages_to_target"] / r["sync_messages_to_target"] for r in per_seed if r["async_reached_target"]
-            ]) else None,
+            "message_ratio": float(np.mean(message_ratios)) if message_ratios else None,
             "runs": per_seed,
         }
     _common.emit(

@@ -96,9 +96,13 @@ def _pool(by: dict, task: str) -> str:
 
 def _no_runs(columns) -> str:
     """`` The paper's QNLI has no column yet: none of its runs is here.`` for the paper's tasks without a column."""
-    missing = [c for c in PAPER_COLUMNS if c not in {c for c, _ in columns}]
-    return f" The paper's {', '.join(missing)} {'has' if len(missing) == 1 else 'have'} no column yet: none of " \
-           f"{'its' if len(missing) == 1 else 'their'} runs is here." if missing else ""
+    present = {column for column, _ in columns}
+    missing = [column for column in PAPER_COLUMNS if column not in present]
+    if not missing:
+        return ""
+    one = len(missing) == 1
+    return (f" The paper's {', '.join(missing)} {'has' if one else 'have'} no column yet: "
+            f"none of {'its' if one else 'their'} runs is here.")
 
 
 def method_spec(config: dict) -> str:
