@@ -46,8 +46,8 @@ REFRESH = 10
 # The cut duals λ take one ascent step per server iteration. An asynchronous iteration
 # carries about S/R of a synchronous one's worker work, so AsynDBT's step is η_λ·S/R: the
 # same dual rate per unit of worker work (with η_λ unscaled, AsynDBT took about 10× more
-# dual steps per message and needed 1.2–1.7× more messages to reach the target;
-# docs/performance.md).
+# dual steps per message and needed 1.76× (lognormal) and 1.64× (Pareto) synchronous DBT's
+# messages to reach the target, against 1.36× and 1.43× scaled; docs/performance.md).
 LR_DUAL = 0.1  # the paper's dual learning rate
 EVAL = 5  # synchronous iterations between evaluations
 SMOOTH = 4  # evaluations in the moving average
