@@ -135,6 +135,17 @@ def test_krum_and_multi_krum_match_numpy(mask):
     close(agg.multi_krum(t, mask, num_byzantine=2), unflat_one(x[best].mean(0)))
 
 
+def test_krum_scores_count_ties_at_the_cut_distance():
+    # Integer-valued updates with repeated rows: many distances tie exactly with the m-th
+    # smallest, and the score must count the tied value as often as the slots it fills.
+    rng = np.random.default_rng(7)
+    base = rng.integers(-2, 3, size=(4, 5)).astype(np.float32)
+    x = base[rng.integers(0, 4, size=11)]
+    for f in (0, 2, 4):
+        got = np.asarray(agg.krum_scores(jnp.asarray(x), num_byzantine=f))
+        np.testing.assert_allclose(got, np_krum_scores(x.astype(np.float64), f), rtol=1e-6)
+
+
 def test_centered_clipping_matches_numpy_and_large_radius_is_mean():
     t = tree(3)
     x = flat(t).astype(np.float64)
