@@ -7,13 +7,14 @@
 
 The table is chosen by the file's ``benchmark`` field (core_kernels, robustness, aggregators or
 async_vs_sync).
-Robustness files marked ``"complete": false`` (the ``.partN`` files of a stopped ``--jobs``
-run) are merged into one table, with a dash for cells not yet run.
+The ``.partN`` files of a stopped robustness ``--jobs`` run (and any robustness file marked
+``"complete": false``) are merged into one table, with a dash for cells not yet run.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 
 KERNELS = [
@@ -140,12 +141,14 @@ def main(paths: list[str]) -> None:
     for path in paths:
         with open(path) as fh:
             loaded.append((path, json.load(fh)))
-    def is_part(result):
-        return result.get("benchmark") == "robustness" and result.get("complete") is False
+    def is_part(path, result):  # a part is complete once its own rows are: the name says it is a part
+        return result.get("benchmark") == "robustness" and (
+            result.get("complete") is False or re.search(r"\.part\d+$", path) is not None
+        )
 
-    parts = [(p, r) for p, r in loaded if is_part(r)]
+    parts = [(p, r) for p, r in loaded if is_part(p, r)]
     if parts:  # the parts of one stopped run: one table
-        loaded = [(p, r) for p, r in loaded if not is_part(r)]
+        loaded = [(p, r) for p, r in loaded if not is_part(p, r)]
         loaded.append((", ".join(p for p, _ in parts), merge_parts([r for _, r in parts])))
     for path, result in loaded:
         print(f"From `{path}`:\n")
