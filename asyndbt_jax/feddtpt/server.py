@@ -54,6 +54,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from .._select import _order_statistics
+
 METHODS = ("cluster", "no-cluster", "fedavg", "kmeans")
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -140,13 +142,16 @@ def _distances(x: jax.Array, mask: jax.Array) -> jax.Array:
 
 
 def _k_distance_curve(dist: jax.Array, mask: jax.Array, k) -> jax.Array:
-    """Sorted k-distances ``[P]``: valid points first (ascending), ``+inf`` for padding."""
+    """Sorted k-distances ``[P]``: valid points first (ascending), ``+inf`` for padding.
+
+    Each point's k-th nearest distance is selected exactly (no sort of the ``[P, P]``
+    matrix); ``dist`` is symmetric, so the column-wise selection is the row-wise one.
+    """
     P = dist.shape[0]
     n = jnp.sum(mask)
     others = mask[:, None] & mask[None, :] & ~jnp.eye(P, dtype=bool)
-    row = jnp.sort(jnp.where(others, dist, jnp.inf), axis=1)
     kk = jnp.clip(jnp.asarray(k, jnp.int32), 1, jnp.maximum(n - 1, 1))
-    kd = jnp.take(row, kk - 1, axis=1)
+    kd = _order_statistics(jnp.where(others, dist, jnp.inf), jnp.ones(P, bool), (kk - 1)[None])[0]
     kd = jnp.where(n > 1, kd, 0)  # a lone point has no neighbour: its k-distance is 0
     return jnp.sort(jnp.where(mask, kd, jnp.inf))
 
