@@ -87,7 +87,7 @@ def heatmap(path: str, results: dict, attacks, aggregators) -> None:
 
     drop = np.array([[100 * (results[a][g]["0.0"] - results[a][g]["0.3"]) for g in aggregators] for a in attacks])
     fig, ax = plt.subplots(figsize=(1.1 * len(aggregators) + 2, 0.5 * len(attacks) + 1.5))
-    im = ax.imshow(drop, cmap="RdYlGn_r", vmin=-5, vmax=max(15.0, float(np.nanmax(drop))))
+    im = ax.imshow(drop, cmap="RdYlGn_r", aspect="auto", vmin=-5, vmax=max(15.0, float(np.nanmax(drop))))
     ax.set_xticks(range(len(aggregators)), aggregators, rotation=35, ha="right")
     ax.set_yticks(range(len(attacks)), attacks)
     for i in range(len(attacks)):
