@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from ._checks import is_concrete, per_worker, worker_count
-from ._select import _from_keys, _order_keys, _order_statistics, _select_keys, _select_keys_blocked  # noqa: F401 (tests use them)
+from ._select import _order_statistics
 
 PyTree = Any
 

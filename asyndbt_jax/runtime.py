@@ -242,7 +242,7 @@ class RuntimeResult(NamedTuple):
     wall_time: float
     queries: int
     rejected: int
-    failures: dict  # worker index -> number of failures
+    failures: dict  # worker index -> failures in a row (max_failures for a dropped worker)
 
 
 @dataclass
@@ -372,6 +372,8 @@ def run_runtime(
 
     def fail(i: int, why: str, error: BaseException | None = None) -> None:
         book.live[i] = False
+        if book.failures[i] >= max_failures:  # already dropped: a request sent before the drop failing late changes nothing
+            return
         book.failures[i] += 1
         lost = error is not None and driver.lost(error)
         if lost:

@@ -6,6 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from asyndbt_jax import _select
 from asyndbt_jax import aggregators as agg
 
 R = 9
@@ -93,8 +94,8 @@ def test_selection_blocked_and_flat_paths_agree_and_keep_dtypes():
     keys = jnp.asarray(rng.integers(0, 50, (37, 1000)), jnp.uint32)  # heavy ties, several column blocks
     ranks = jnp.array([0, 18, 36])
     want = np.sort(np.asarray(keys), 0)[np.asarray(ranks)]
-    np.testing.assert_array_equal(np.asarray(agg._select_keys(keys, ranks)), want)
-    np.testing.assert_array_equal(np.asarray(agg._select_keys_blocked(keys, ranks)), want)
+    np.testing.assert_array_equal(np.asarray(_select._select_keys(keys, ranks)), want)
+    np.testing.assert_array_equal(np.asarray(_select._select_keys_blocked(keys, ranks)), want)
     x = rng.normal(size=(7, 3)).astype(np.float32)
     got = agg.coordinate_median(jnp.asarray(x, jnp.bfloat16))
     assert got.dtype == jnp.bfloat16
