@@ -210,7 +210,7 @@ class LocalScorer:
         with torch.inference_mode():
             prefix_cache = DynamicCache(config=self.model.config)
             self.forward_calls += 1
-            self._decoder()(input_ids=torch.tensor([enc.prefix[:-1]]), past_key_values=prefix_cache, use_cache=True)
+            self._decoder()(input_ids=torch.tensor([enc.prefix[:-1]]), cache=prefix_cache, use_cache=True)
             kv = [(layer.keys, layer.values) for layer in prefix_cache.layers]
             hidden = []
             for start in range(0, len(rows), self.max_batch):
@@ -227,7 +227,7 @@ class LocalScorer:
                 positions = cached + torch.arange(ids.shape[1]).expand(n, -1)
                 self.forward_calls += 1
                 h = self._decoder()(input_ids=ids, attention_mask=full_mask, position_ids=positions,
-                                    past_key_values=batch_cache, use_cache=True).last_hidden_state
+                                    cache=batch_cache, use_cache=True).last_hidden_state
                 hidden.extend(h)
             # row offsets are relative to the query tokens; the held-back prefix token is at 0
             return self._label_logprobs(hidden, 1, targets, len(enc.queries), len(enc.labels))
