@@ -310,6 +310,7 @@ def tables(runs, args) -> tuple[str, dict]:
                   "share of the validation queries (a third of them with 3 workers), so the configuration's prefix "
                   "(demonstrations and fragment, most of the tokens) is computed once per worker, where cenDBT "
                   "computes it once for all the queries.", ""]
+    lines += _learned(by, columns)
     plots = []
     for _, t in columns:
         curves = [by[(t, m)][0].path for m in ("asyndbt", "sync", "cendbt") if (t, m) in by]
@@ -319,6 +320,35 @@ def tables(runs, args) -> tuple[str, dict]:
             plots.append(png)
             lines += [f"![{t}: asyndbt, sync and cenDBT, seed 0]({png.name})", ""]
     return "\n".join(lines) + "\n", cells
+
+
+LEARNED_METHODS = ("bdpl", "cendbt", "fedone", "sync", "asyndbt", "feddtpt")
+
+
+def _learned(by, columns) -> list[str]:
+    """The fragment (FedDTPT: the global note) each prompt-tuning method ended with, lowest
+    seed; for FedDTPT also in how many rounds the server's global prompt changed."""
+    rows = []
+    for _, t in columns:
+        for m in LEARNED_METHODS:
+            rs = sorted(by.get((t, m), []), key=lambda x: x.result["config"]["seed"])
+            if not rs:
+                continue
+            run = rs[0]
+            fragment = run.result.get("learned_fragment") or "(none)"
+            prompts = [h["prompt"] for h in run.history if "prompt" in h]
+            changed = (f"{sum(a != b for a, b in zip(prompts, prompts[1:]))} of {len(prompts) - 1}"
+                       if m == "feddtpt" and prompts else "")
+            rows.append(f"| {t} | {m} | {run.result['config']['seed']} | `{fragment}` | {changed} |")
+    if not rows:
+        return []
+    return ["## What the tuned prompts ended with", "",
+            "The learned fragment of every prompt-tuning method (the consensus fragment for the distributed "
+            "ones; FedDTPT: the global note), from the lowest seed run; for FedDTPT, in how many rounds the "
+            "server's global prompt changed (from the run's history.jsonl). A client keeps a proposed prompt "
+            "only when it scores strictly higher than the current one on its data.", "",
+            "| task | method | seed | learned fragment | FedDTPT: global prompt changed in rounds |",
+            "|---|---|---|---|---|", *rows, ""]
 
 
 def _machines(runs) -> str:

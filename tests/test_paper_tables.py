@@ -28,8 +28,13 @@ def test_report_only_tables(tmp_path):
     fake_run(runs, "manual", 0, 0.5)
     fake_run(runs, "manual", 1, 0.5)
     box = {"cpu": "Some CPU", "cpu_count": 16, "device": "gpu:H100", "platform": "Linux", "jax_version": "0.10"}
-    fake_run(runs, "cendbt", 0, 0.6, machine=box, extra={"cache_misses": 300, "virtual_time": 100.0})
-    fake_run(runs, "cendbt", 1, 0.7, machine=box, extra={"cache_misses": 201, "virtual_time": 120.0})
+    fake_run(runs, "cendbt", 0, 0.6, machine=box, extra={"cache_misses": 300, "virtual_time": 100.0,
+                                                         "learned_fragment": "great film"})
+    fake_run(runs, "cendbt", 1, 0.7, machine=box, extra={"cache_misses": 201, "virtual_time": 120.0,
+                                                         "learned_fragment": "dull"})
+    fake_run(runs, "feddtpt", 0, 0.5, extra={"learned_fragment": "b c"})
+    (runs / "mr-feddtpt-seed0" / "history.jsonl").write_text(
+        "".join(json.dumps({"round": i, "prompt": p}) + "\n" for i, p in enumerate(["a", "a", "b c", "b c"])))
     fake_run(runs, "cendbt", 2, 0.9, iterations=3)  # other settings: not this grid's run
     out = tmp_path / "results.md"
     cmd = [sys.executable, str(SCRIPT), "--report-only", "--no-plots", "--json", "--tasks", "mr", "--methods",
@@ -47,9 +52,11 @@ def test_report_only_tables(tmp_path):
     # cost: means over seeds; a field some runs lack (older result.json files) is not averaged
     assert "| mr | cendbt | 400 | 250 | 110.0 | 10 |" in text and "| mr | manual | 400 | — | — | 10 |" in text
     assert "| both | 65.0 ± 7.1 (2) |" in text and "| neither | 50.0 ± 0.0 (2) |" in text
+    # what the tuned prompts ended with: the lowest seed; FedDTPT's global prompt changed once in 3 rounds
+    assert "| mr | cendbt | 0 | `great film` |  |" in text and "| mr | feddtpt | 0 | `b c` | 1 of 3 |" in text
     # the page names the machines that ran its runs, not the one that wrote it
     assert "Machines: Some CPU (16 CPUs, gpu:H100), Linux, jax 0.10: 2 runs; " \
-           "not recorded (runs made before result.json recorded its machine): 2 runs." in text
+           "not recorded (runs made before result.json recorded its machine): 3 runs." in text
 
 
 def test_committed_glue_runs_count_wherever_the_glue_files_lie(tmp_path):
