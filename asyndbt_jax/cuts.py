@@ -9,9 +9,13 @@ default) or ``||x − φ_i||₁`` (``norm="l1"``, the spec's default, measured w
 added at the current point when ``h_i > ε`` (a first-order lower bound of the convex
 ``h_i``) and dropped when their dual stayed below ``γ`` before and after an update. The
 buffer has a fixed capacity per row with an ``active`` mask, so every shape is static
-under ``jit``. Memory: ``capacity · R · M · N`` floats for the worker coefficients, stored
-worker-leading ``[R, M, C, N]``; the contractions are written as multiply-and-reduce so XLA
-fuses them without transposed copies of this (largest) buffer.
+under ``jit``. Memory: ``capacity · R · M · N`` floats for the worker coefficients (the
+largest part of the engine state), stored as ``C`` separate worker-leading ``[R, M, N]``
+arrays, one per slot, not one ``[R, M, C, N]`` array: at M=75, N=100, C=4 the stacked
+buffer passes 2^31 elements at 71,583 workers, and past that XLA's GPU emitter computes
+every index of a fusion that touches it in 64-bit integers (a 64-bit division is a long
+software routine on the GPU). Split, no array reaches 2^31 elements below 286,331 workers.
+The per-slot loops are over the (small, static) capacity, never over workers.
 """
 
 from __future__ import annotations
@@ -28,14 +32,15 @@ class CutBuffer(NamedTuple):
     """Fixed-capacity cuts, one set per fragment row.
 
     Attributes:
-      worker_coef: ``a [R, M, C, N]`` coefficients on every worker's ``p_i`` (worker axis first).
+      worker_coef: ``a``, a tuple of ``C`` arrays ``[R, M, N]`` (slot ``l``: the coefficients
+        on every worker's ``p_i``; worker axis first). ``stack_worker_coef`` gives ``[R, M, C, N]``.
       consensus_coef: ``b [M, C, N]`` coefficients on ``z_i``.
       offset: ``c [M, C]``.
       active: bool ``[M, C]``.
       duals: ``λ [M, C]`` (0 for inactive cuts).
     """
 
-    worker_coef: jax.Array
+    worker_coef: tuple[jax.Array, ...]
     consensus_coef: jax.Array
     offset: jax.Array
     active: jax.Array
@@ -47,12 +52,18 @@ def init_cuts(num_rows: int, capacity: int, num_workers: int, vocab_size: int, d
     if not isinstance(capacity, int) or capacity < 1:
         raise ValueError(f"capacity must be a positive integer, got {capacity!r}")
     return CutBuffer(
-        worker_coef=jnp.zeros((num_workers, num_rows, capacity, vocab_size), dtype),
+        worker_coef=tuple(jnp.zeros((num_workers, num_rows, vocab_size), dtype) for _ in range(capacity)),
         consensus_coef=jnp.zeros((num_rows, capacity, vocab_size), dtype),
         offset=jnp.zeros((num_rows, capacity), dtype),
         active=jnp.zeros((num_rows, capacity), bool),
         duals=jnp.zeros((num_rows, capacity), dtype),
     )
+
+
+def stack_worker_coef(cuts: CutBuffer) -> jax.Array:
+    """The worker coefficients as one ``[R, M, C, N]`` array (for inspection and references;
+    the engine never builds it)."""
+    return jnp.stack(cuts.worker_coef, axis=2)
 
 
 def _sum_workers(terms):
@@ -89,7 +100,7 @@ def gap_gradient(fragment_probs, consensus, phi_probs, phi_consensus, norm: str 
 def cut_values(cuts: CutBuffer, fragment_probs, consensus, combine=_sum_workers) -> jax.Array:
     """``Σ_v a_l^(v)ᵀ p_i^(v) + b_lᵀ z_i + c_l`` for every row and cut, 0 where inactive: ``[M, C]``
     (``combine`` sums the per-worker terms ``[R, M, C]``; see :func:`gap`)."""
-    worker_part = combine(jnp.sum(cuts.worker_coef * fragment_probs[:, :, None, :], axis=3))
+    worker_part = combine(jnp.stack([jnp.sum(a * fragment_probs, axis=-1) for a in cuts.worker_coef], axis=-1))
     consensus_part = jnp.sum(cuts.consensus_coef * consensus[:, None, :], axis=-1)
     return jnp.where(cuts.active, worker_part + consensus_part + cuts.offset, 0.0)
 
@@ -117,7 +128,7 @@ def add_cuts(
     put = add[:, None] & (jnp.arange(capacity)[None, :] == slot[:, None])  # [M, C]
     return (
         CutBuffer(
-            worker_coef=jnp.where(put[None, :, :, None], a[:, :, None, :], cuts.worker_coef),
+            worker_coef=tuple(jnp.where(put[None, :, l, None], a, old) for l, old in enumerate(cuts.worker_coef)),
             consensus_coef=jnp.where(put[..., None], b[:, None], cuts.consensus_coef),
             offset=jnp.where(put, c[:, None], cuts.offset),
             active=cuts.active | put,
@@ -136,7 +147,7 @@ def drop_cuts(cuts: CutBuffer, duals_before, gamma: float) -> CutBuffer:
 def cut_force(cuts: CutBuffer):
     """``(Σ_l λ_l a_l^(v) [R, M, N], Σ_l λ_l b_l [M, N])``: the cut terms of the upper-level steps (spec §6)."""
     lam = jnp.where(cuts.active, cuts.duals, 0.0)
-    worker = jnp.sum(lam[None, :, :, None] * cuts.worker_coef, axis=2)
+    worker = sum(lam[None, :, l, None] * a for l, a in enumerate(cuts.worker_coef))
     consensus = jnp.sum(lam[:, :, None] * cuts.consensus_coef, axis=1)
     return worker, consensus
 

@@ -62,7 +62,7 @@ def from_engine(state) -> NumpyState:
         count=np.zeros(R, int),
         z=f(s.consensus),
         rho=f(s.duals),
-        cut_a=f(s.cuts.worker_coef),
+        cut_a=np.stack([f(a) for a in s.cuts.worker_coef], axis=2),  # C slots [R, M, N] -> [R, M, C, N]
         cut_b=f(s.cuts.consensus_coef),
         cut_c=f(s.cuts.offset),
         cut_active=np.array(s.cuts.active),

@@ -39,3 +39,29 @@ def test_two_iterations_match_numpy_loop(seed):
     np.testing.assert_allclose(state.workers.selection.fragment_probs, ref.p, atol=1e-5)
     np.testing.assert_allclose(state.workers.selection.demo_probs, ref.q, atol=1e-5)
     np.testing.assert_array_equal(state.server.staleness, ref.staleness)
+
+
+def test_no_array_of_the_step_reaches_2_31_elements_at_100k_workers():
+    """Past 2^31 elements XLA's GPU emitter indexes a whole fusion in 64-bit integers, which
+    is what a stacked [R, M, C, N] cut buffer did at 100k workers (3·10^9 elements). Traced
+    with abstract shapes only: nothing is allocated."""
+    R0, R_big = 11, 100_000
+    task, config, state = numpy_step.make_case(R0)
+    grow = lambda x: jax.ShapeDtypeStruct(((R_big,) + x.shape[1:]) if x.ndim and x.shape[0] == R0 else x.shape, x.dtype)  # noqa: E731
+    state, data = jax.tree.map(grow, state), jax.tree.map(grow, Data(task.train, task.validation))
+    config = config._replace(num_workers=R_big)
+    feedback = functools.partial(oracle_feedback, task.oracle)
+    closed = jax.make_jaxpr(server_step, static_argnums=(0, 1))(config, feedback, state, jax.ShapeDtypeStruct((R_big,), bool), data)
+
+    def sizes(jaxpr):
+        for eqn in jaxpr.eqns:
+            yield from (int(np.prod(v.aval.shape)) for v in eqn.outvars if hasattr(v.aval, "shape"))
+            for param in eqn.params.values():
+                for sub in param if isinstance(param, (list, tuple)) else [param]:
+                    inner = getattr(sub, "jaxpr", sub)
+                    if hasattr(inner, "eqns"):
+                        yield from sizes(inner)
+
+    largest = max(max(sizes(closed.jaxpr)), max(int(np.prod(x.shape)) for x in jax.tree.leaves(state)))
+    assert largest == R_big * 75 * 100  # the [R, M, N] fragment tensors, one cut slot each
+    assert largest < 2**31

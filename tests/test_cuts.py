@@ -3,7 +3,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asyndbt_jax.cuts import add_cuts, cut_force, cut_values, drop_cuts, dual_ascent, gap, init_cuts
+from asyndbt_jax.cuts import add_cuts, cut_force, cut_values, drop_cuts, dual_ascent, gap, init_cuts, stack_worker_coef
 
 R, M, N, C = 4, 3, 5, 2
 
@@ -49,9 +49,11 @@ def test_slots_fill_then_replace_smallest_dual_and_drop_rule():
     cuts, _ = add_cuts(cuts, fp * 0.5 + p * 0.5, z, fp, fz, 0.0)
     assert bool(cuts.active.all())
     cuts = cuts._replace(duals=jnp.array([[0.5, 0.2]] * M))
-    before = cuts.worker_coef
+    before = stack_worker_coef(cuts)
     cuts, _ = add_cuts(cuts, p * 0.9 + fp * 0.1, z, fp, fz, 0.0)
-    np.testing.assert_array_equal(cuts.worker_coef[:, :, 0], before[:, :, 0])  # larger dual kept
+    after = stack_worker_coef(cuts)
+    np.testing.assert_array_equal(after[:, :, 0], before[:, :, 0])  # larger dual kept
+    assert not np.array_equal(after[:, :, 1], before[:, :, 1])  # smaller dual replaced
     assert float(cuts.duals[0, 1]) == 0.0  # replaced slot starts at λ = 0
     prev = jnp.array([[0.5, 0.01]] * M)
     cuts = cuts._replace(duals=jnp.array([[0.4, 0.02]] * M))
@@ -67,7 +69,7 @@ def test_force_and_dual_ascent_match_numpy():
     cuts, _ = add_cuts(init_cuts(M, C, R, N), p, z, fp, fz, 0.0)
     cuts = cuts._replace(duals=jnp.where(cuts.active, 0.7, 0.0))
     fw, fc = cut_force(cuts)
-    a, b, lam = np.asarray(cuts.worker_coef), np.asarray(cuts.consensus_coef), np.asarray(cuts.duals)
+    a, b, lam = np.asarray(stack_worker_coef(cuts)), np.asarray(cuts.consensus_coef), np.asarray(cuts.duals)
     for v in range(R):
         for i in range(M):
             np.testing.assert_allclose(fw[v, i], sum(lam[i, l] * a[v, i, l] for l in range(C)), atol=1e-6)
