@@ -228,8 +228,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fields", help=f"the text column(s) the prompt shows, comma-separated (default {DEFAULTS['fields']})")
     run.add_argument("--label-field", help=f"the label column (default {DEFAULTS['label_field']})")
     run.add_argument("--label-words", help="file label=answer word per class, in class order, e.g. 'neg=Terrible,pos=Great'")
-    run.add_argument("--template", help="the example block, with {field} slots and {note} for the fragment "
-                                        "(default: a 'field: {field}' line per field)")
+    run.add_argument("--template", help="your own task: the example block, with {field} slots and {note} for the "
+                                        "fragment (default: a 'field: {field}' line per field); a registry or GLUE "
+                                        "task: fitted (default: the template the embedded models answer best, where "
+                                        "the task has one) or paper (the paper's)")
+    run.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=None,
+                     help="contextual calibration of the label scores: every prompt also asks content-free inputs "
+                          "and its answers are corrected by theirs (default on)")
+    run.add_argument("--candidates", type=int, help=f"demonstration candidates per class, V (default {DEFAULTS['candidates']})")
     run.add_argument("--method", help=f"{'|'.join(job_methods())} (default {DEFAULTS['method']})")
     run.add_argument("--model", help=f"local model name, .gguf or folder; with --base-url the served name (default {DEFAULTS['model']})")
     run.add_argument("--base-url", help="an OpenAI-compatible endpoint to use instead of the local model")

@@ -585,8 +585,14 @@ def evaluate(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineState,
     Args:
       queries: leaves ``[B]`` (a shared test set) or ``[R, B]`` (each worker's own batch).
     """
-    prompts = decoded_prompts(config, state)
+    return evaluate_prompts(feedback_fn, decoded_prompts(config, state), queries)[0]
+
+
+def evaluate_prompts(feedback_fn: FeedbackFn, prompts: Configuration, queries) -> tuple[jax.Array, jax.Array]:
+    """Accuracy and mean loss ``[R]`` of one prompt per worker (``fragment_words [R, M]``,
+    ``demos [R, U]``) on ``queries`` (leaves ``[B]``, shared, or ``[R, B]``, each worker's own)."""
     one = Configuration(prompts.fragment_words[:, None, :], prompts.demos[:, None, :])
-    R = config.num_workers
+    R = prompts.demos.shape[0]
     batched = jax.tree.map(lambda x: x if x.ndim >= 2 and x.shape[0] == R else jnp.broadcast_to(x, (R,) + x.shape), queries)
-    return jnp.mean(feedback_fn(one, batched).correct[:, 0, :], axis=-1)
+    answers = feedback_fn(one, batched)
+    return jnp.mean(answers.correct[:, 0, :], axis=-1), jnp.mean(answers.losses[:, 0, :], axis=-1)

@@ -50,7 +50,10 @@ class JobConfig:
     fields: str = "text"  # the text column(s) the prompt shows, comma-separated
     label_field: str = "label"
     label_words: str | None = None  # file label=answer word, comma-separated, in class order
-    template: str | None = None  # the example block with {field} slots and {note}
+    template: str | None = None  # your own task: the example block with {field} slots and {note}; a registry or
+    # GLUE task: "fitted" (the template the embedded models answer best, where the task has one) or "paper"
+    calibrate: bool = True  # contextual calibration of the label scores (content-free inputs)
+    candidates: int = 50  # demonstration candidates per class, V
     workers: int = 3
     active: int = 2
     staleness: int = 4
@@ -89,7 +92,7 @@ class JobConfig:
                 names = " or ".join("none" if t is type(None) else t.__name__ for t in allowed)
                 raise ValueError(f"{f.name} must be {names}, got {value!r}")
         for name in ("workers", "active", "staleness", "iterations", "samples", "fragment_words", "lower_rounds",
-                     "test_size", "checkpoint_every"):
+                     "test_size", "checkpoint_every", "candidates"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.samples < 2 and self.method != "feddtpt":  # FedDTPT's clients may propose one candidate
@@ -142,7 +145,7 @@ def _log(cfg: JobConfig, msg: str) -> None:
 def load_task(cfg: JobConfig):
     """``(data, test_pool)``: the task's examples, and the indices reserved for test (a test
     file) or ``None``."""
-    from .tasks import GLUE, known_tasks, load_glue, prepare
+    from .tasks import with_template
     from .tasks.files import load_user_task
 
     if cfg.train_file:
@@ -154,6 +157,13 @@ def load_task(cfg: JobConfig):
                               label_field=cfg.label_field, template=cfg.template, test_file=cfg.test_file)
     if cfg.test_file:
         raise ValueError("--test-file goes with --train-file")
+    data, test_pool = _load_named_task(cfg)
+    return with_template(data, cfg.template or "fitted"), test_pool
+
+
+def _load_named_task(cfg: JobConfig):
+    from .tasks import GLUE, known_tasks, load_glue, prepare
+
     if cfg.glue_dir:
         # The paper's split draws every part from one pool: the task's train.tsv, or its dev.tsv
         # where the folder has no train.tsv (a QQP folder with the dev file only).
@@ -235,11 +245,11 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
 
     from . import baselines
     from .attacks import ATTACKS
-    from .engine import AGGREGATORS, METHODS, Data, decoded_prompts
+    from .engine import AGGREGATORS, METHODS, Data
     from .harness import run_method
-    from .llm import LLMFeedback, ResponseCache, cache_root
+    from .llm import CONTENT_FREE, LLMFeedback, ResponseCache, cache_root
     from .simulator import parse_delay
-    from .tasks import paper_split, partition_workers
+    from .tasks import paper_split, partition_workers, template_label
 
     if cfg.method not in job_methods():
         raise ValueError(f"unknown method {cfg.method!r}; known: {list(job_methods())}")
@@ -296,7 +306,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
         return saved.get("wall_seconds", 0.0) + time.perf_counter() - started
 
     data, test_pool = load_task(cfg)  # every data problem is reported before the run folder is touched
-    split = paper_split(data, seed=cfg.seed, test=cfg.test_size, test_pool=test_pool)
+    split = paper_split(data, seed=cfg.seed, test=cfg.test_size, test_pool=test_pool, candidates=cfg.candidates)
     if not resume:
         _claim(out, cfg)
     for note in split.notes:
@@ -310,9 +320,10 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
     U, V = split.candidates.shape
     M, T = cfg.fragment_words, len(split.test)
     tuned = cfg.method in METHODS
-    baseline_cost = T * (2 + (cfg.method == "kate"))
-    one_iteration = cfg.workers * (cfg.samples + 1) * validation.shape[1]
-    evaluation = cfg.workers * (validation.shape[1] + T)  # the test evaluation; validation's is in every step
+    cf = len(CONTENT_FREE) if cfg.calibrate else 0  # every calibrated prompt also asks the content-free inputs
+    baseline_cost = 2 * (T + cf) + (cfg.method == "kate") * T * (1 + cf)  # kate: one prompt per query
+    one_iteration = cfg.workers * (cfg.samples + 1) * (validation.shape[1] + cf)
+    evaluation = cfg.workers * (validation.shape[1] + T + 2 * cf)  # the test evaluation; validation's is in every step
     if cfg.method == "feddtpt":  # no mid-run stop: the whole plan must fit
         one_iteration = cfg.workers * (cfg.samples + 1) * (train.shape[1] + len(split.validation)) + len(split.validation)
         need = baseline_cost + cfg.iterations * one_iteration + T
@@ -325,7 +336,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
 
     scorer = scorer or make_scorer(cfg)
     cache = ResponseCache(cfg.cache or cache_root() / "responses.sqlite")
-    feedback = LLMFeedback(task, scorer, cache=cache)
+    feedback = LLMFeedback(task, scorer, cache=cache, calibrate=cfg.calibrate)
 
     accuracy, prompts = {}, {}
 
@@ -349,6 +360,8 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
         "workers": cfg.workers,
         "seed": cfg.seed,
         "test_examples": int(T),
+        "template": template_label(data.template),
+        "calibrated": cfg.calibrate,
         "test_accuracy": accuracy,
         "llm_prompts_by_method": prompts,
     }
@@ -379,10 +392,12 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
             aggregator=cfg.aggregator, status=feedback.status, checkpoint=str(checkpoint),
             checkpoint_every=cfg.checkpoint_every, resume=resume, stop=near_budget,
             checkpoint_extra=lambda: {"prompts": done + feedback.prompts - tuning_start, "wall_seconds": wall()},
+            keep_best=True,
         )
         accuracy[cfg.method] = result.final_test_accuracy
         prompts[cfg.method] = done + feedback.prompts - tuning_start
-        summary.update(_learned(data, task, split, decoded_prompts(config, result.state)))
+        summary.update(_learned(data, task, split, result.kept.prompts()))
+        summary["kept_from_iteration"] = result.kept.iteration.tolist()
         summary.update({
             "active": config.num_active,
             "staleness": cfg.staleness,
@@ -418,23 +433,26 @@ def _checkpoint_extra(checkpoint: Path, feddtpt: bool) -> dict:
 
 
 def _learned(data, task, split, decoded) -> dict:
-    """Every worker's learned demonstrations (as text) and the consensus fragment."""
-    words = np.asarray(decoded.fragment_words[0])  # the consensus fragment: the same for every worker
+    """Every worker's learned demonstrations (as text) and fragment. ``learned_fragment`` is
+    worker 0's (the consensus, for the distributed methods, unless workers kept prompts from
+    different iterations); ``learned_fragments`` lists every worker's."""
+    fragments = [" ".join(task.vocabulary[j] for j in np.asarray(words) if j >= 0 and task.vocabulary[j])
+                 for words in decoded.fragment_words]
     learned = [
         [{"label": data.template.answers[u], **data.examples[int(split.candidates[u, k])]}
          for u, k in enumerate(np.asarray(worker_demos)) if k >= 0]
         for worker_demos in decoded.demos
     ]
     # the tuned row: mean over the benign workers' own prompts (their demonstrations differ)
-    return {"learned_demonstrations": learned,
-            "learned_fragment": " ".join(task.vocabulary[j] for j in words if j >= 0 and task.vocabulary[j])}
+    return {"learned_demonstrations": learned, "learned_fragment": fragments[0], "learned_fragments": fragments}
 
 
 def _actor_feedback(cfg: JobConfig, task):
     """An actor's own black box (``--runtime ray``): its model (or endpoint) and the shared response cache."""
     from .llm import LLMFeedback, ResponseCache, cache_root
 
-    return LLMFeedback(task, make_scorer(cfg), cache=ResponseCache(cfg.cache or cache_root() / "responses.sqlite"))
+    return LLMFeedback(task, make_scorer(cfg), cache=ResponseCache(cfg.cache or cache_root() / "responses.sqlite"),
+                       calibrate=cfg.calibrate)
 
 
 def _run_on_runtime(cfg: JobConfig, data, task, feedback, train, validation, split, shapes, out: Path, accuracy: dict,
@@ -510,7 +528,8 @@ def table(summary: dict) -> str:
     acc = summary["test_accuracy"]
     width = max(len(k) for k in acc)
     tuned = "learned_demonstrations" in summary
-    lines = [f"{summary['task']} on {summary['model']}: test accuracy over {summary['test_examples']} examples"
+    scoring = f"template {summary['template']}, {'calibrated' if summary['calibrated'] else 'raw'} scores"
+    lines = [f"{summary['task']} on {summary['model']} ({scoring}): test accuracy over {summary['test_examples']} examples"
              + (f" ({summary['method']}: mean over the workers' prompts)" if tuned else ""), ""]
     lines += [f"  {name:<{width}}  {value * 100:6.2f} %   {summary['llm_prompts_by_method'][name]:>7} prompts"
               for name, value in acc.items()]
@@ -527,7 +546,12 @@ def table(summary: dict) -> str:
         for d in demos:
             text = " / ".join(v for k, v in d.items() if k != "label")
             lines.append(f"  worker {r} [{d['label']}] {text}")
-    lines += ["learned fragment:", f"  {summary['learned_fragment'] or '(none)'}", "",
+    fragments = summary.get("learned_fragments") or [summary["learned_fragment"]]
+    if len(set(fragments)) == 1:
+        lines += ["learned fragment:", f"  {fragments[0] or '(none)'}"]
+    else:
+        lines += ["learned fragments (per worker):"] + [f"  worker {r} {f or '(none)'}" for r, f in enumerate(fragments)]
+    lines += ["",
               f"{summary['llm_prompts']} prompts scored ({summary['cache_hits']} cache hits), "
               f"{summary['wall_seconds']:.0f} s; results in {summary['out']}"]
     return "\n".join(lines)

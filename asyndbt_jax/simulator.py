@@ -36,7 +36,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._files import atomic_file
-from .engine import AsynDBTConfig, Data, EngineState, evaluate, init_state, malicious_mask, server_step
+from .engine import (AsynDBTConfig, Data, EngineState, decoded_prompts, evaluate, evaluate_prompts, init_state,
+                     malicious_mask, server_step)
+from .selection import Configuration
 
 KINDS = ("constant", "exponential", "lognormal", "pareto", "classes")
 
@@ -101,6 +103,45 @@ def parse_delay(spec: str) -> DelayModel:
     return DelayModel(kind.strip(), values, drop_p, drop_mean)
 
 
+class KeptPrompts:
+    """Every worker's best decoded prompt so far on its own validation batch (early stopping
+    on validation accuracy, ties to the lower validation loss, then to the later prompt).
+
+    Host-side NumPy: ``fragment_words [R, M]``, ``demos [R, U]``, ``accuracy``, ``loss`` and
+    ``iteration [R]`` (when each worker's kept prompt was decoded)."""
+
+    def __init__(self):
+        self.fragment_words = self.demos = None
+        self.accuracy = self.loss = self.iteration = None
+
+    def update(self, prompts: Configuration, accuracy, loss, iteration: int) -> None:
+        words, demos = np.asarray(prompts.fragment_words), np.asarray(prompts.demos)
+        accuracy, loss = np.asarray(accuracy, np.float64), np.asarray(loss, np.float64)
+        if self.demos is None:
+            self.fragment_words, self.demos = words.copy(), demos.copy()
+            self.accuracy, self.loss = accuracy.copy(), loss.copy()
+            self.iteration = np.full(len(accuracy), iteration, np.int64)
+            return
+        better = (accuracy > self.accuracy) | ((accuracy == self.accuracy) & (loss <= self.loss))
+        self.fragment_words[better], self.demos[better] = words[better], demos[better]
+        self.accuracy[better], self.loss[better], self.iteration[better] = accuracy[better], loss[better], iteration
+
+    def prompts(self) -> Configuration:
+        return Configuration(jnp.asarray(self.fragment_words), jnp.asarray(self.demos))
+
+    def state_dict(self) -> dict | None:
+        if self.demos is None:
+            return None
+        return {k: getattr(self, k).tolist() for k in ("fragment_words", "demos", "accuracy", "loss", "iteration")}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        if state is None:
+            return
+        for k, dtype in (("fragment_words", np.int32), ("demos", np.int32), ("accuracy", np.float64),
+                         ("loss", np.float64), ("iteration", np.int64)):
+            setattr(self, k, np.asarray(state[k], dtype))
+
+
 @dataclass
 class SimulationResult:
     state: EngineState
@@ -112,6 +153,7 @@ class SimulationResult:
     queries: int
     rejected: int
     reached_target_at: float | None
+    kept: KeptPrompts | None = None  # keep_best: the prompts the run delivers
 
 
 def choose_arrivals(arrival: np.ndarray, staleness: np.ndarray, offline: np.ndarray, num_active: int, max_staleness: int):
@@ -274,6 +316,7 @@ def simulate(
     resume: bool = False,
     checkpoint_extra: Callable[[], dict] | None = None,
     stop: Callable[[], bool] | None = None,
+    keep_best: bool = False,
 ) -> SimulationResult:
     """Run ``iterations`` server iterations on the virtual clock.
 
@@ -307,6 +350,11 @@ def simulate(
       stop: ``() -> bool`` asked after every iteration's step: True makes that iteration the
         last (evaluated, recorded with ``"stopped": true``, checkpointed as finished), e.g.
         a budget of LLM calls about to run out.
+      keep_best: early stopping on validation accuracy, per worker (:class:`KeptPrompts`):
+        each worker delivers the best of its decoded prompts at the evaluations so far on
+        its own validation batch; the test accuracy is that of the kept prompts. The history
+        records both the current prompts' ``validation_accuracy`` and the kept prompts'
+        ``kept_validation_accuracy``.
 
     Returns:
       ``SimulationResult`` with the final state, per-iteration history and totals.
@@ -319,8 +367,10 @@ def simulate(
     # The state is threaded through, so its buffers are donated: the step updates them in
     # place instead of holding input and output copies (halves peak memory at 100k workers).
     step = jax.jit(server_step, static_argnums=(0, 1), donate_argnums=2)
-    evaluate_jit = jax.jit(evaluate, static_argnums=(0, 1))
-    benign = ~state.malicious
+    evaluate_jit = jax.jit(evaluate_prompts, static_argnums=0)
+    decode_jit = jax.jit(decoded_prompts, static_argnums=0)
+    benign = np.asarray(~state.malicious)
+    kept = KeptPrompts() if keep_best else None
 
     clock = Clock(config, delay, seed)
     history: list[dict] = []
@@ -330,11 +380,15 @@ def simulate(
     first = 0
     run_id = {"config": repr(config), "delay": repr(delay), "iterations": iterations, "seed": seed,
               "eval_every": eval_every, "test_every": test_every, "target_validation_accuracy": target_validation_accuracy}
+    if keep_best:
+        run_id["keep_best"] = True
     if resume:
         state, meta = resume_from(checkpoint, state, run_id)
         clock.load_state_dict(meta["clock"])
         history, total_queries, reached = meta["history"], meta["total_queries"], meta["reached"]
         val_acc, test_acc, first = meta["validation_accuracy"], meta["test_accuracy"], meta["next_iteration"]
+        if kept is not None:
+            kept.load_state_dict(meta.get("kept"))
     sink = open(history_path, "w") if history_path else None
     if sink:
         sink.writelines(json.dumps(record) + "\n" for record in history)
@@ -344,7 +398,8 @@ def simulate(
             sink.flush()
         meta = {"run": run_id, "next_iteration": next_iteration, "clock": clock.state_dict(), "history": history,
                 "total_queries": total_queries, "reached": reached, "validation_accuracy": val_acc,
-                "test_accuracy": test_acc, "extra": checkpoint_extra() if checkpoint_extra else {}}
+                "test_accuracy": test_acc, "kept": kept.state_dict() if kept is not None else None,
+                "extra": checkpoint_extra() if checkpoint_extra else {}}
         save_checkpoint(checkpoint, state, meta)
 
     started = time.perf_counter()
@@ -373,14 +428,20 @@ def simulate(
                 record["stopped"] = True
             last = it == iterations - 1 or stopped
             # accuracies of the benign workers' prompts (malicious workers' own prompts do not count)
-            if it % test_every == 0 or last:
-                test_acc = float(jnp.mean(evaluate_jit(config, feedback_fn, state, test_queries)[benign]))
-                record["test_accuracy"] = test_acc
+            current = decode_jit(config, state) if (it % eval_every == 0 or it % test_every == 0 or last) else None
             if it % eval_every == 0 or last:
-                val_acc = float(jnp.mean(evaluate_jit(config, feedback_fn, state, data.validation)[benign]))
+                accuracy, loss = jax.device_get(evaluate_jit(feedback_fn, current, data.validation))
+                val_acc = float(np.mean(accuracy[benign]))
                 record["validation_accuracy"] = val_acc
+                if kept is not None:
+                    kept.update(current, accuracy, loss, it)
+                    record["kept_validation_accuracy"] = float(np.mean(kept.accuracy[benign]))
                 if target_validation_accuracy is not None and reached is None and val_acc >= target_validation_accuracy:
                     reached = clock.time
+            if it % test_every == 0 or last:
+                held = kept.prompts() if kept is not None and kept.demos is not None else current
+                test_acc = float(np.mean(np.asarray(evaluate_jit(feedback_fn, held, test_queries)[0])[benign]))
+                record["test_accuracy"] = test_acc
             history.append(record)
             if sink:
                 sink.write(json.dumps(record) + "\n")
@@ -406,12 +467,14 @@ def simulate(
         state=state,
         history=history,
         final_test_accuracy=test_acc,
-        final_validation_accuracy=val_acc,
+        final_validation_accuracy=float(np.mean(kept.accuracy[benign])) if kept is not None and kept.demos is not None
+        else val_acc,
         iterations=len(history),
         virtual_time=clock.time,
         queries=total_queries,
         rejected=int(state.server.rejected),
         reached_target_at=reached,
+        kept=kept,
     )
 
 

@@ -1,5 +1,5 @@
 """``asyndbt run``: the real job end to end on gemma-3-270m and the MR sentences (a quick
-run), its outputs, a rerun answered from the cache, and bad input (issue 8)."""
+run), its outputs, a rerun answered from the cache, and bad input."""
 
 import json
 import time
@@ -20,7 +20,9 @@ def test_quick_run_then_a_free_rerun(tmp_path, capsys):
     assert set(first["test_accuracy"]) == {"manual", "random-icl", "asyndbt"}
     assert all(0.0 <= a <= 1.0 for a in first["test_accuracy"].values())
     assert first["llm_prompts"] == sum(first["llm_prompts_by_method"].values()) and first["cache_misses"] > 0
-    assert first["llm_prompts_by_method"]["manual"] == first["llm_prompts_by_method"]["random-icl"] == 10
+    # calibrated (the default): each fixed prompt also asks the two content-free inputs
+    assert first["llm_prompts_by_method"]["manual"] == first["llm_prompts_by_method"]["random-icl"] == 10 + 2
+    assert first["template"] == "fitted:sst2" and first["calibrated"] is True
     assert len(first["learned_demonstrations"]) == 3 and all(len(d) == 2 for d in first["learned_demonstrations"])
     # the fragment holds vocabulary n-grams only ("" = no word is never printed)
     assert "  " not in first["learned_fragment"] and first["learned_fragment"] == first["learned_fragment"].strip()
@@ -43,8 +45,10 @@ def test_quick_run_then_a_free_rerun(tmp_path, capsys):
     (["--aggregator", "vote"], r"unknown aggregator 'vote'; known: \['sign_consensus'"),
     (["--malicious", "3"], r"--malicious \(B=3\) must be between 0 and --workers - 1 \(2\)"),
     (["--iterations", "0"], r"iterations must be >= 1, got 0"),
+    (["--candidates", "0"], r"candidates must be >= 1, got 0"),
+    (["--template", "fancy"], r"a task's template must be one of \('fitted', 'paper'\), got 'fancy'"),
     (["--samples", "1"], r"samples must be >= 2 \(the gradient estimate compares sampled configurations\), got 1"),
-    (["--budget", "100"], r"--budget 100 is too small: the baselines score 20 prompts and one iteration with its "
+    (["--budget", "100"], r"--budget 100 is too small: the baselines score 24 prompts and one iteration with its "
                           r"evaluation up to \d+"),
     (["--resume", "nowhere"], r"nowhere holds no run to resume \(no config.json\)"),
     (["--runtime", "threads"], r"unknown runtime 'threads'; known: simulated, local, ray"),

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asyndbt_jax.llm import PAPER_TEMPLATES, LLMFeedback, PromptTask, Template
+from asyndbt_jax.llm import CONTENT_FREE, FITTED_TEMPLATES, PAPER_TEMPLATES, LLMFeedback, PromptTask, Template, calibrate
 from asyndbt_jax.selection import Configuration
 
 FIELDS = {"S1": "the cat sat", "S2": "a cat was sitting", "WORD1": "PDCP", "WORD2": "RLC", "TEXT": "layer 2"}
@@ -182,3 +182,61 @@ def test_status_reports_prompts_and_the_cache_hit_rate(tmp_path):
     assert fb.status() == "prompts=0"
     fb.host(np.zeros((1, 1, 1), int), np.zeros((1, 1, 2), int), np.array([[4, 5]]))
     assert fb.status() == "prompts=2 cache=0%"
+
+
+def test_a_query_with_empty_text_at_the_end_of_the_block_renders():
+    t = FITTED_TEMPLATES["sst2"]
+    prefix, (empty, full) = t.render([({"S1": "dull"}, 0)], [], [{"S1": ""}, {"S1": "a joy"}])
+    assert prefix == "Review: dull\nSentiment: negative\n\nReview: "
+    assert empty == "\nSentiment:" and full == "a joy\nSentiment:"
+
+
+def test_fitted_sentiment_template_puts_the_fragment_once_in_the_header():
+    t = FITTED_TEMPLATES["sst2"]
+    prefix, (q,) = t.render([({"S1": "dull"}, 0), ({"S1": "fun"}, 1)], ["tone", "care"], [{"S1": "a joy"}])
+    assert prefix + q == ("Note: tone care.\n\nReview: dull\nSentiment: negative\n\nReview: fun\nSentiment: positive"
+                          "\n\nReview: a joy\nSentiment:")
+    assert t.label_words == (" negative", " positive")
+
+
+def _numpy_calibration(logp, content_free):
+    """Zhao et al. (2021) as written: p_cal ∝ p / mean_c p_cf(c), per label."""
+    p, p_cf = np.exp(logp), np.exp(content_free).mean(axis=0)
+    q = p / p_cf
+    return q / q.sum(axis=-1, keepdims=True)
+
+
+def test_calibration_matches_the_numpy_reference_and_removes_a_constant_bias():
+    rng = np.random.default_rng(0)
+    raw = rng.normal(size=(5, 3))
+    logp = raw - np.logaddexp.reduce(raw, axis=-1, keepdims=True)
+    cf_raw = rng.normal(size=(2, 3))
+    content_free = cf_raw - np.logaddexp.reduce(cf_raw, axis=-1, keepdims=True)
+    np.testing.assert_allclose(np.exp(calibrate(logp, content_free)), _numpy_calibration(logp, content_free), rtol=1e-10)
+    # a prompt that adds the same bias b to every answer's logit (its content-free input's
+    # too) is undone exactly with one content-free input
+    bias = np.array([2.0, 0.0, -1.0])
+    skew = lambda x: (x + bias) - np.logaddexp.reduce(x + bias, axis=-1, keepdims=True)  # noqa: E731
+    one = content_free[:1]
+    np.testing.assert_allclose(calibrate(skew(logp), skew(one)), calibrate(logp, one), atol=1e-12)
+    # uniform content-free answers change nothing
+    np.testing.assert_allclose(calibrate(logp, np.log(np.full((2, 3), 1 / 3))), logp, atol=1e-12)
+
+
+def test_calibrated_feedback_asks_the_content_free_inputs_on_the_same_prefix():
+    task = _task()
+    scorer = HashScorer()
+    fb = LLMFeedback(task, scorer, calibrate=True)
+    demos, frag, queries = np.array([[[0, 1]]]), np.array([[[0, 1]]]), np.array([[4, 5]])
+    losses, correct = fb.host(frag, demos, queries)
+    prefix, texts = task.render(demos[0, 0], frag[0, 0], queries[0], task.content_free())
+    assert len(texts) == 2 + len(CONTENT_FREE) and all(p.startswith(prefix) for p in scorer.prompts)
+    assert any("N/A" in p for p in scorer.prompts) and any("[MASK]" in p for p in scorer.prompts)
+    lp = HashScorer().score(prefix, texts, task.template.label_words)
+    expected = calibrate(lp[:2], lp[2:])
+    y = task.labels[queries[0]]
+    np.testing.assert_allclose(losses[0, 0], -expected[np.arange(2), y], rtol=1e-6)
+    np.testing.assert_array_equal(correct[0, 0], expected.argmax(1) == y)
+    assert fb.prompts == 2 + len(CONTENT_FREE)  # the content-free inputs are prompts the user pays for
+    raw_losses, _ = LLMFeedback(task, HashScorer()).host(frag, demos, queries)
+    assert not np.allclose(raw_losses, losses)

@@ -159,3 +159,48 @@ def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(task, tmp_path):
         run(task, checkpoint=ck, resume=True, num_samples=5, **kw)
     with pytest.raises(FileNotFoundError, match="no checkpoint to resume from"):
         run(task, checkpoint=str(tmp_path / "none.npz"), resume=True, **kw)
+
+
+def test_keep_best_delivers_each_workers_best_validation_prompt_and_resumes_exactly(task, tmp_path):
+    """Early stopping on validation, per worker: the kept prompt of every worker is the one
+    of highest validation accuracy among its evaluated prompts (re-evaluated here), never
+    below its final prompt, and the test accuracy is the kept prompts'; a resumed run keeps
+    the same prompts."""
+    import jax.numpy as jnp
+
+    from asyndbt_jax.engine import decoded_prompts, evaluate_prompts
+    from asyndbt_jax.oracle import oracle_feedback
+
+    fb = lambda c, q, active=None: oracle_feedback(task.oracle, c, q)  # noqa: E731
+    kw = dict(iterations=14, eval_every=1, keep_best=True)
+    args = dict(iterations=12, num_active=2, max_staleness=3, seed=3, progress=False, num_samples=4, refresh_every=3)
+    whole, config = run_planted("asyndbt", task, parse_delay("lognormal:1.0"), **{**args, **kw},
+                                checkpoint=str(tmp_path / "whole.npz"))
+    kept = whole.kept
+    accuracy, _ = evaluate_prompts(fb, kept.prompts(), task.validation)
+    np.testing.assert_allclose(np.asarray(accuracy), kept.accuracy, atol=1e-6)
+    final, _ = evaluate_prompts(fb, decoded_prompts(config, whole.state), task.validation)
+    assert (kept.accuracy >= np.asarray(final) - 1e-6).all()
+    assert kept.iteration.min() >= 0 and kept.iteration.max() <= 13
+    assert "kept_validation_accuracy" in whole.history[-1]
+    test = float(jnp.mean(evaluate_prompts(fb, kept.prompts(), task.test)[0]))
+    assert whole.final_test_accuracy == pytest.approx(test, abs=1e-6)
+    assert whole.final_validation_accuracy == pytest.approx(float(kept.accuracy.mean()), abs=1e-9)
+    # some worker's best prompt came before the end (otherwise keeping the best changes nothing)
+    assert (kept.iteration < 13).any()
+
+    ticks = []
+
+    def die_at_8():
+        ticks.append(1)
+        if len(ticks) == 8:
+            raise Killed
+        return ""
+
+    ck = str(tmp_path / "ck.npz")
+    with pytest.raises(Killed):
+        run(task, checkpoint=ck, checkpoint_every=3, status=die_at_8, progress=True, **kw)
+    resumed = run(task, checkpoint=ck, checkpoint_every=3, resume=True, **kw)
+    for name in ("fragment_words", "demos", "accuracy", "loss", "iteration"):
+        np.testing.assert_array_equal(getattr(resumed.kept, name), getattr(kept, name))
+    assert resumed.history == whole.history

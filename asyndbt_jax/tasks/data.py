@@ -19,6 +19,8 @@ SST was built from: the SST-2 substitute; here), ``linzen``, ``qnli``, ``squad-p
 
 from __future__ import annotations
 
+import dataclasses
+
 import csv
 import hashlib
 import io
@@ -36,7 +38,7 @@ import numpy as np
 
 from .._files import atomic_file
 from ..llm.models import cache_root
-from ..llm.prompts import PAPER_TEMPLATES, Template
+from ..llm.prompts import FITTED_TEMPLATES, PAPER_TEMPLATES, Template
 
 
 @dataclass(frozen=True, eq=False)
@@ -280,3 +282,30 @@ def load_glue(glue_dir: str | Path, task: str, split: str = "train") -> Labelled
 def _is_header(row: list[str], label_col: int) -> bool:
     value = row[label_col].strip() if len(row) > label_col else ""
     return value not in ("0", "1", "entailment", "not_entailment")
+
+
+TEMPLATE_STYLES = ("fitted", "paper")
+
+
+def with_template(data: LabelledData, style: str) -> LabelledData:
+    """``data`` asked with the template ``style`` names.
+
+    ``"paper"``: the paper's template of the task, as loaded. ``"fitted"``: the template the
+    embedded models answer better (:data:`~asyndbt_jax.llm.prompts.FITTED_TEMPLATES`) where
+    the task has one, else the paper's. The classes keep their order.
+    """
+    if style not in TEMPLATE_STYLES:
+        raise ValueError(f"a task's template must be one of {TEMPLATE_STYLES}, got {style!r}")
+    key = next((k for k, t in PAPER_TEMPLATES.items() if t == data.template), None)
+    if style == "paper" or key not in FITTED_TEMPLATES:
+        return data
+    return dataclasses.replace(data, template=FITTED_TEMPLATES[key])
+
+
+def template_label(template: Template) -> str:
+    """``fitted:<task>`` or ``paper:<task>`` for the library's templates, else ``custom``."""
+    for style, templates in (("fitted", FITTED_TEMPLATES), ("paper", PAPER_TEMPLATES)):
+        for key, known in templates.items():
+            if known == template:
+                return f"{style}:{key}"
+    return "custom"
