@@ -5,8 +5,8 @@ methods (so their LLM calls are counted the same way) and draw their demonstrati
 the same per-class candidate pool ``[U, V]`` the optimizer chooses from:
 
 * ``manual``: the task template alone: no demonstrations, no fragment.
-* ``random-icl``: one uniformly random candidate per class, redrawn per seed, shared by
-  every query.
+* ``random-icl``: uniformly random candidates (``k`` per class), redrawn per seed, shared
+  by every query.
 * ``kate`` (Liu et al., 2022, "What makes good in-context examples for GPT-3?"): for
   every query, the candidate of each class nearest to it by cosine similarity of
   all-MiniLM-L6-v2 sentence embeddings (the model the PyPI package
@@ -39,9 +39,10 @@ def prompt_accuracy(feedback, demos, queries, num_fragment_words: int = 1) -> fl
     return float(correct.mean())
 
 
-def random_demos(num_classes: int, num_candidates: int, seed: int) -> np.ndarray:
-    """``random-icl``'s demonstrations: one candidate index per class ``[U]``."""
-    return np.random.default_rng(seed).integers(0, num_candidates, num_classes)
+def random_demos(num_slots: int, num_candidates: int, seed: int) -> np.ndarray:
+    """``random-icl``'s demonstrations: one candidate index per slot ``[U·k]`` (slot ``s`` draws
+    from class ``s mod U``'s candidates)."""
+    return np.random.default_rng(seed).integers(0, num_candidates, num_slots)
 
 
 class SentenceEmbedder:
@@ -68,19 +69,22 @@ def example_text(example: Mapping[str, str], fields: Sequence[str]) -> str:
     return " ".join(example[f] for f in fields)
 
 
-def nearest_demos(query_embeddings: np.ndarray, candidate_embeddings: np.ndarray) -> np.ndarray:
-    """``kate``'s choice: for each query ``[B, d]`` and class, the candidate (``[U, V, d]``)
-    of highest cosine similarity (embeddings are unit norm). Returns ``[B, U]`` indices."""
+def nearest_demos(query_embeddings: np.ndarray, candidate_embeddings: np.ndarray, k: int = 1) -> np.ndarray:
+    """``kate``'s choice: for each query ``[B, d]`` and class, the ``k`` candidates (``[U, V, d]``)
+    of highest cosine similarity (embeddings are unit norm). Returns ``[B, U·k]`` indices in
+    the prompt's slot order (class-interleaved: the nearest of every class, then the second
+    nearest, ...)."""
     similarity = np.einsum("bd,uvd->buv", query_embeddings, candidate_embeddings)
-    return similarity.argmax(-1)
+    nearest = np.argsort(-similarity, axis=-1, kind="stable")[..., :k]  # [B, U, k]
+    return nearest.transpose(0, 2, 1).reshape(len(query_embeddings), -1)
 
 
 def kate_demos(task, queries, embed=None) -> np.ndarray:
-    """KATE's per-query demonstrations ``[B, U]`` for the :class:`~asyndbt_jax.llm.PromptTask`
-    ``task`` and example indices ``queries [B]``."""
+    """KATE's per-query demonstrations ``[B, U·k]`` for the :class:`~asyndbt_jax.llm.PromptTask`
+    ``task`` (``k = task.demos_per_class``) and example indices ``queries [B]``."""
     embed = embed or SentenceEmbedder()
     fields = task.template.slots
     U, V = task.candidates.shape
     text = lambda i: example_text(task.examples[int(i)], fields)  # noqa: E731
     candidates = embed([text(i) for i in task.candidates.reshape(-1)]).reshape(U, V, -1)
-    return nearest_demos(embed([text(i) for i in np.asarray(queries)]), candidates)
+    return nearest_demos(embed([text(i) for i in np.asarray(queries)]), candidates, task.demos_per_class)

@@ -236,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="contextual calibration of the label scores: every prompt also asks content-free inputs "
                           "and its answers are corrected by theirs (default on)")
     run.add_argument("--candidates", type=int, help=f"demonstration candidates per class, V (default {DEFAULTS['candidates']})")
+    run.add_argument("--demos-per-class", type=int,
+                     help=f"demonstrations each class shows, k (default {DEFAULTS['demos_per_class']}; paper 1)")
     run.add_argument("--method", help=f"{'|'.join(job_methods())} (default {DEFAULTS['method']})")
     run.add_argument("--model", help=f"local model name, .gguf or folder; with --base-url the served name (default {DEFAULTS['model']})")
     run.add_argument("--base-url", help="an OpenAI-compatible endpoint to use instead of the local model")

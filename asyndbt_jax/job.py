@@ -54,6 +54,7 @@ class JobConfig:
     # GLUE task: "fitted" (the template the embedded models answer best, where the task has one) or "paper"
     calibrate: bool = True  # contextual calibration of the label scores (content-free inputs)
     candidates: int = 50  # demonstration candidates per class, V
+    demos_per_class: int = 1  # k: demonstrations each class shows (paper: 1)
     workers: int = 3
     active: int = 2
     staleness: int = 4
@@ -92,9 +93,11 @@ class JobConfig:
                 names = " or ".join("none" if t is type(None) else t.__name__ for t in allowed)
                 raise ValueError(f"{f.name} must be {names}, got {value!r}")
         for name in ("workers", "active", "staleness", "iterations", "samples", "fragment_words", "lower_rounds",
-                     "test_size", "checkpoint_every", "candidates"):
+                     "test_size", "checkpoint_every", "candidates", "demos_per_class"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.demos_per_class > self.candidates:
+            raise ValueError(f"demos_per_class ({self.demos_per_class}) cannot exceed candidates ({self.candidates})")
         if self.samples < 2 and self.method != "feddtpt":  # FedDTPT's clients may propose one candidate
             raise ValueError(f"samples must be >= 2 (the gradient estimate compares sampled configurations), "
                              f"got {self.samples}")
@@ -316,8 +319,9 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
     _log(cfg, f"{data.name}: {len(data.examples)} examples from {data.source}; {cfg.workers} workers with "
               f"{train.shape[1]} train / {validation.shape[1]} validation queries each, {len(split.test)} test")
 
-    task = split.prompt_task()
-    U, V = split.candidates.shape
+    task = split.prompt_task(cfg.demos_per_class)
+    V = split.candidates.shape[1]
+    U = task.num_slots  # demonstration slots: k per class
     M, T = cfg.fragment_words, len(split.test)
     tuned = cfg.method in METHODS
     cf = len(CONTENT_FREE) if cfg.calibrate else 0  # every calibrated prompt also asks the content-free inputs
@@ -439,8 +443,9 @@ def _learned(data, task, split, decoded) -> dict:
     fragments = [" ".join(task.vocabulary[j] for j in np.asarray(words) if j >= 0 and task.vocabulary[j])
                  for words in decoded.fragment_words]
     learned = [
-        [{"label": data.template.answers[u], **data.examples[int(split.candidates[u, k])]}
-         for u, k in enumerate(np.asarray(worker_demos)) if k >= 0]
+        [{"label": data.template.answers[s % task.num_classes],
+          **data.examples[int(split.candidates[s % task.num_classes, k])]}
+         for s, k in enumerate(np.asarray(worker_demos)) if k >= 0]
         for worker_demos in decoded.demos
     ]
     # the tuned row: mean over the benign workers' own prompts (their demonstrations differ)

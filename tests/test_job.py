@@ -46,6 +46,7 @@ def test_quick_run_then_a_free_rerun(tmp_path, capsys):
     (["--malicious", "3"], r"--malicious \(B=3\) must be between 0 and --workers - 1 \(2\)"),
     (["--iterations", "0"], r"iterations must be >= 1, got 0"),
     (["--candidates", "0"], r"candidates must be >= 1, got 0"),
+    (["--candidates", "2", "--demos-per-class", "3"], r"demos_per_class \(3\) cannot exceed candidates \(2\)"),
     (["--template", "fancy"], r"a task's template must be one of \('fitted', 'paper'\), got 'fancy'"),
     (["--samples", "1"], r"samples must be >= 2 \(the gradient estimate compares sampled configurations\), got 1"),
     (["--budget", "100"], r"--budget 100 is too small: the baselines score 24 prompts and one iteration with its "
@@ -223,6 +224,8 @@ def test_nearest_demos_picks_the_most_similar_candidate_per_class():
     candidates = np.stack([np.stack([e[0], e[1]]), np.stack([e[2], e[3]])])  # [U=2, V=2, d=4]
     queries = np.stack([e[1], (e[0] + e[3]) / np.sqrt(2)])
     assert nearest_demos(queries, candidates).tolist() == [[1, 0], [0, 1]]
+    # k = 2: the nearest of every class, then the second nearest (the prompt's slot order)
+    assert nearest_demos(queries, candidates, 2).tolist() == [[1, 0, 0, 1], [0, 1, 1, 0]]
 
 
 @pytest.mark.slow

@@ -240,3 +240,19 @@ def test_calibrated_feedback_asks_the_content_free_inputs_on_the_same_prefix():
     assert fb.prompts == 2 + len(CONTENT_FREE)  # the content-free inputs are prompts the user pays for
     raw_losses, _ = LLMFeedback(task, HashScorer()).host(frag, demos, queries)
     assert not np.allclose(raw_losses, losses)
+
+
+def test_k_demonstrations_per_class_fill_class_interleaved_slots():
+    examples = [{"S1": f"review {i}"} for i in range(8)]
+    task = PromptTask(FITTED_TEMPLATES["sst2"], examples, np.array([0, 1] * 4),
+                      candidates=np.array([[0, 2, 4], [1, 3, 5]]), vocabulary=[""], demos_per_class=2)
+    assert task.num_slots == 4
+    prefix, _ = task.render([2, 0, 1, 2], [], [6])  # slots: class 0, class 1, class 0, class 1
+    shown = [b.split("\n")[0] for b in prefix.split("\n\n")[:-1]]
+    assert shown == ["Review: review 4", "Review: review 1", "Review: review 2", "Review: review 5"]
+    assert prefix.count("negative") == 2 and prefix.count("positive") == 2
+    prefix, _ = task.render([1, 0, 1, -1], [], [6])  # a candidate drawn twice is shown once; -1 shows none
+    assert [b.split("\n")[0] for b in prefix.split("\n\n")[:-1]] == ["Review: review 2", "Review: review 1"]
+    with pytest.raises(ValueError, match="demos_per_class must be an integer between 1 and the 3"):
+        PromptTask(FITTED_TEMPLATES["sst2"], examples, np.array([0, 1] * 4), candidates=np.array([[0, 2, 4], [1, 3, 5]]),
+                   vocabulary=[""], demos_per_class=4)

@@ -44,6 +44,9 @@ class PromptTask:
         indices; row ``u`` must all have label ``u``).
       vocabulary: the ``N`` fragment words; an empty string is "no word" (a position that
         renders nothing).
+      demos_per_class: ``k``, the demonstrations each class shows. A prompt configuration
+        then has ``U·k`` demonstration slots, class-interleaved: slot ``s`` shows a candidate
+        of class ``s mod U`` (``k = 2``: class 0, class 1, class 0, class 1).
     """
 
     template: Template
@@ -51,6 +54,7 @@ class PromptTask:
     labels: np.ndarray
     candidates: np.ndarray
     vocabulary: Sequence[str]
+    demos_per_class: int = 1
     num_classes: int = field(init=False)
 
     def __post_init__(self):
@@ -71,6 +75,9 @@ class PromptTask:
             raise ValueError(f"candidate {v} of class {u} (example {candidates[u, v]}) has label {labels[candidates[u, v]]}")
         if not len(self.vocabulary):
             raise ValueError("the fragment vocabulary is empty")
+        if not (isinstance(self.demos_per_class, int) and 1 <= self.demos_per_class <= max(candidates.shape[1], 1)):
+            raise ValueError(f"demos_per_class must be an integer between 1 and the {candidates.shape[1]} candidates "
+                             f"per class, got {self.demos_per_class!r}")
         missing = [s for s in self.template.slots if self.examples and s not in self.examples[0]]
         if missing:
             raise ValueError(f"examples lack the template's fields {missing}")
@@ -78,12 +85,20 @@ class PromptTask:
         object.__setattr__(self, "candidates", candidates.astype(np.int64))
         object.__setattr__(self, "num_classes", U)
 
+    @property
+    def num_slots(self) -> int:
+        """Demonstration slots of a prompt configuration: ``U·k``."""
+        return self.num_classes * self.demos_per_class
+
     def render(self, demos: Sequence[int], fragment_words: Sequence[int], queries: Sequence[int],
                extra: Sequence[Mapping[str, str]] = ()) -> tuple[str, list[str]]:
-        """Prompt of one configuration: ``demos[u]`` indexes class ``u``'s candidates (``-1``: none),
-        ``fragment_words`` the vocabulary (``-1``: no word), ``queries`` the examples; ``extra``
-        examples (e.g. :data:`CONTENT_FREE` inputs) are asked after them."""
-        shown = [(self.examples[self.candidates[u, k]], u) for u, k in enumerate(demos) if k >= 0]
+        """Prompt of one configuration: ``demos[s]`` indexes the candidates of slot ``s``'s class
+        ``s mod U`` (``-1``: none; a candidate already shown is not repeated), ``fragment_words``
+        the vocabulary (``-1``: no word), ``queries`` the examples; ``extra`` examples (e.g.
+        :data:`CONTENT_FREE` inputs) are asked after them."""
+        U = self.num_classes
+        chosen = dict.fromkeys((s % U, int(k)) for s, k in enumerate(demos) if k >= 0)  # in slot order, no repeats
+        shown = [(self.examples[self.candidates[u, k]], u) for u, k in chosen]
         fragment = [self.vocabulary[j] for j in fragment_words if j >= 0 and self.vocabulary[j]]  # "": no word
         return self.template.render(shown, fragment, [self.examples[i] for i in queries] + list(extra))
 

@@ -46,14 +46,14 @@ class TaskSplit:
     vocabulary: tuple
     notes: tuple = field(default=())
 
-    def prompt_task(self) -> PromptTask:
+    def prompt_task(self, demos_per_class: int = 1) -> PromptTask:
         """The task for the LLM feedback. Its fragment vocabulary is :data:`EMPTY_WORD`
         followed by the PMI n-grams: a fragment position may stay empty, and since the
         argmax of a uniform distribution is index 0, an untrained fragment decodes to no
         note at all (not to the first n-gram repeated M times); a word enters the decoded
         prompt only once the optimizer prefers it to leaving its position empty."""
         return PromptTask(self.data.template, self.data.examples, self.data.labels, self.candidates,
-                          (EMPTY_WORD,) + tuple(self.vocabulary))
+                          (EMPTY_WORD,) + tuple(self.vocabulary), demos_per_class)
 
 
 def paper_split(data: LabelledData, *, seed: int = 0, train: int = 10, validation: int = 10, candidates: int = 50,
