@@ -84,7 +84,8 @@ def kate_demos(task, queries, embed=None) -> np.ndarray:
     ``task`` (``k = task.demos_per_class``) and example indices ``queries [B]``."""
     embed = embed or SentenceEmbedder()
     fields = task.template.slots
-    U, V = task.candidates.shape
+    real = np.flatnonzero((task.candidates >= 0).all(0))  # not the "no demonstration" candidate
+    U, V = len(task.candidates), len(real)
     text = lambda i: example_text(task.examples[int(i)], fields)  # noqa: E731
-    candidates = embed([text(i) for i in task.candidates.reshape(-1)]).reshape(U, V, -1)
-    return nearest_demos(embed([text(i) for i in np.asarray(queries)]), candidates, task.demos_per_class)
+    candidates = embed([text(i) for i in task.candidates[:, real].reshape(-1)]).reshape(U, V, -1)
+    return real[nearest_demos(embed([text(i) for i in np.asarray(queries)]), candidates, task.demos_per_class)]

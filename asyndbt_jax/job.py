@@ -248,7 +248,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
 
     from . import baselines
     from .attacks import ATTACKS
-    from .engine import AGGREGATORS, METHODS, Data
+    from .engine import AGGREGATORS, METHODS, Data, decoded_prompts
     from .harness import run_method
     from .llm import CONTENT_FREE, LLMFeedback, ResponseCache, cache_root
     from .simulator import parse_delay
@@ -320,7 +320,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
               f"{train.shape[1]} train / {validation.shape[1]} validation queries each, {len(split.test)} test")
 
     task = split.prompt_task(cfg.demos_per_class)
-    V = split.candidates.shape[1]
+    V = task.candidates.shape[1]
     U = task.num_slots  # demonstration slots: k per class
     M, T = cfg.fragment_words, len(split.test)
     tuned = cfg.method in METHODS
@@ -396,12 +396,10 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
             aggregator=cfg.aggregator, status=feedback.status, checkpoint=str(checkpoint),
             checkpoint_every=cfg.checkpoint_every, resume=resume, stop=near_budget,
             checkpoint_extra=lambda: {"prompts": done + feedback.prompts - tuning_start, "wall_seconds": wall()},
-            keep_best=True,
         )
         accuracy[cfg.method] = result.final_test_accuracy
         prompts[cfg.method] = done + feedback.prompts - tuning_start
-        summary.update(_learned(data, task, split, result.kept.prompts()))
-        summary["kept_from_iteration"] = result.kept.iteration.tolist()
+        summary.update(_learned(data, task, split, decoded_prompts(config, result.state)))
         summary.update({
             "active": config.num_active,
             "staleness": cfg.staleness,
@@ -444,8 +442,8 @@ def _learned(data, task, split, decoded) -> dict:
                  for words in decoded.fragment_words]
     learned = [
         [{"label": data.template.answers[s % task.num_classes],
-          **data.examples[int(split.candidates[s % task.num_classes, k])]}
-         for s, k in enumerate(np.asarray(worker_demos)) if k >= 0]
+          **data.examples[int(task.candidates[s % task.num_classes, k])]}
+         for s, k in enumerate(np.asarray(worker_demos)) if k >= 0 and task.candidates[s % task.num_classes, k] >= 0]
         for worker_demos in decoded.demos
     ]
     # the tuned row: mean over the benign workers' own prompts (their demonstrations differ)

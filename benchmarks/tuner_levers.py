@@ -10,6 +10,8 @@ model gives, no fragment), so each lever costs seconds, not an LLM run:
   machine holding every worker's data);
 * candidates per class V (a prefix of the pool), samples per iteration I, iterations,
   the learning rate of the demonstration level;
+* ``--empty-slot``: candidate 0 of every class is "no demonstration" (the manual prompt is
+  then one of the choices, and an untrained selection decodes to it);
 * the final pick: the last decoded prompt or the best one on validation (early stopping).
 
 The test examples never reach the tuner; they only score the prompt it delivers. Prints one
@@ -44,6 +46,8 @@ def _args(parser):
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--active", type=int, default=2)
     parser.add_argument("--model", default="gemma3-270m")
+    parser.add_argument("--empty-slot", action="store_true",
+                        help="every class's candidate 0 is 'no demonstration' (the table then has (pool + 1)² pairs)")
 
 
 class TableFeedback:
@@ -73,11 +77,11 @@ def build_table(args):
         data = prepare(args.task, log=lambda m: print(m, file=sys.stderr))
     data = with_template(data, "fitted")
     split = paper_split(data, seed=args.split_seed, test=args.test)
-    task = split.prompt_task()
+    task = split.prompt_task(empty_slot=args.empty_slot)
     queries = np.concatenate([split.train, split.validation, split.test])
     feedback = LLMFeedback(task, LocalScorer(args.model), cache=ResponseCache(cache_root() / "responses.sqlite"),
                            calibrate=True)
-    V = args.pool
+    V = args.pool + args.empty_slot
     losses = np.zeros((V, V, len(queries)), np.float32)
     correct = np.zeros((V, V, len(queries)), bool)
     started = time.perf_counter()
@@ -125,12 +129,14 @@ def main():
         demos = np.asarray(result.kept.demos if keep_best else decoded_prompts(config, result.state).demos)
         return float(np.mean([test_acc[a, b] for a, b in demos])), result.queries
 
-    base = dict(method="asyndbt", V=args.pool, samples=4, iterations=25, lr=0.05, keep_best=False)
+    pool = args.pool + args.empty_slot
+    base = dict(method="asyndbt", V=pool, samples=4, iterations=25, lr=0.05, keep_best=False)
     settings = [base]
     for method in ("demos-only",):
         settings.append({**base, "method": method})
+        settings.append({**base, "method": method, "keep_best": True})
     for V in (2, 4, 8):
-        settings.append({**base, "V": min(V, args.pool)})
+        settings.append({**base, "V": min(V + args.empty_slot, pool)})
     for samples in (2, 8, 16):
         settings.append({**base, "samples": samples})
     for iterations in (10, 50, 100):
@@ -138,6 +144,7 @@ def main():
     for lr in (0.01, 0.2, 0.5):
         settings.append({**base, "lr": lr})
     settings.append({**base, "keep_best": True})
+    settings.append({**base, "keep_best": True, "samples": 8, "lr": 0.2})
     unique = list({tuple(sorted(s.items())): s for s in settings}.values())
     rows = []
     started = time.perf_counter()
@@ -154,6 +161,7 @@ def main():
         "template": template_label(data.template),
         "split_seed": args.split_seed,
         "pool": args.pool,
+        "empty_slot": args.empty_slot,
         "table": {"pairs": int(flat.size), "queries": int(len(queries)), "test_examples": int(len(test_pos)),
                   "prompts": int(table_prompts), "seconds": table_seconds,
                   "random_pair_test_accuracy": float(flat.mean()), "best_pair_test_accuracy": float(flat.max()),

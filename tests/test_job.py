@@ -211,7 +211,8 @@ def test_prompt_baselines_are_methods(tmp_path, capsys):
                  "--cache", str(tmp_path / "r.sqlite")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert set(out["test_accuracy"]) == {"manual", "random-icl", "kate"}
-    assert out["llm_prompts_by_method"] == {"manual": 4, "random-icl": 4, "kate": 4}
+    # calibrated: every prompt (one for all queries; kate: one per query) also asks 2 content-free inputs
+    assert out["llm_prompts_by_method"] == {"manual": 4 + 2, "random-icl": 4 + 2, "kate": 4 * (1 + 2)}
     assert "learned_fragment" not in out and "iterations" not in out
 
 

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asyndbt_jax.llm import CONTENT_FREE, FITTED_TEMPLATES, PAPER_TEMPLATES, LLMFeedback, PromptTask, Template, calibrate
+from asyndbt_jax.llm import (CONTENT_FREE, FITTED_TEMPLATES, NO_DEMONSTRATION, PAPER_TEMPLATES, LLMFeedback, PromptTask,
+                             Template, calibrate)
 from asyndbt_jax.selection import Configuration
 
 FIELDS = {"S1": "the cat sat", "S2": "a cat was sitting", "WORD1": "PDCP", "WORD2": "RLC", "TEXT": "layer 2"}
@@ -256,3 +257,16 @@ def test_k_demonstrations_per_class_fill_class_interleaved_slots():
     with pytest.raises(ValueError, match="demos_per_class must be an integer between 1 and the 3"):
         PromptTask(FITTED_TEMPLATES["sst2"], examples, np.array([0, 1] * 4), candidates=np.array([[0, 2, 4], [1, 3, 5]]),
                    vocabulary=[""], demos_per_class=4)
+
+
+def test_the_no_demonstration_candidate_leaves_its_slot_empty():
+    examples = [{"S1": f"review {i}"} for i in range(6)]
+    task = PromptTask(FITTED_TEMPLATES["sst2"], examples, np.array([0, 1] * 3),
+                      candidates=np.array([[NO_DEMONSTRATION, 0, 2], [NO_DEMONSTRATION, 1, 3]]), vocabulary=[""])
+    assert task.render([0, 0], [], [4]) == task.render([-1, -1], [], [4])  # the manual prompt
+    assert task.render([0, 0], [], [4])[0] == "Review: "
+    prefix, _ = task.render([2, 0], [], [4])
+    assert prefix == "Review: review 2\nSentiment: negative\n\nReview: "
+    with pytest.raises(ValueError, match="point into examples"):
+        PromptTask(FITTED_TEMPLATES["sst2"], examples, np.array([0, 1] * 3), candidates=np.array([[-2, 0], [1, 3]]),
+                   vocabulary=[""])

@@ -193,3 +193,13 @@ def test_the_fitted_template_replaces_the_papers_where_a_task_has_one():
     assert load_task(JobConfig(task="sst2", glue_dir=str(FIXTURE), template="paper"))[0].template == PAPER_TEMPLATES["sst2"]
     with pytest.raises(ValueError, match="must be one of"):
         with_template(sst2, "fancy")
+
+
+def test_an_empty_slot_puts_no_demonstration_first_in_every_class():
+    from asyndbt_jax.llm import NO_DEMONSTRATION
+
+    split = paper_split(load_glue(FIXTURE, "sst2"), seed=0, train=2, validation=2, candidates=3, test=4)
+    plain, empty = split.prompt_task(), split.prompt_task(empty_slot=True)
+    assert empty.candidates.shape == (2, 4) and (empty.candidates[:, 0] == NO_DEMONSTRATION).all()
+    np.testing.assert_array_equal(empty.candidates[:, 1:], plain.candidates)
+    assert empty.render([1, 2], [0], split.test[:1]) == plain.render([0, 1], [0], split.test[:1])

@@ -101,5 +101,5 @@ def test_run_on_the_users_files(tmp_path, capsys):
                  "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "r.sqlite")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["task"] == "reviews" and out["test_examples"] == 6
-    assert out["llm_prompts_by_method"] == {"manual": 6, "random-icl": 6}
+    assert out["llm_prompts_by_method"] == {"manual": 6 + 2, "random-icl": 6 + 2}  # + the content-free inputs
     assert "held.jsonl" in out["source"]

@@ -41,7 +41,8 @@ class PromptTask:
         candidates index into it.
       labels: int ``[n]``, the class of every example.
       candidates: int ``[U, V]``, the demonstration candidates of each class (example
-        indices; row ``u`` must all have label ``u``).
+        indices; row ``u`` must all have label ``u``). :data:`NO_DEMONSTRATION` (``-1``) is
+        a candidate too: choosing it shows nothing in that slot.
       vocabulary: the ``N`` fragment words; an empty string is "no word" (a position that
         renders nothing).
       demos_per_class: ``k``, the demonstrations each class shows. A prompt configuration
@@ -67,9 +68,9 @@ class PromptTask:
             raise ValueError(f"labels must lie in 0..{U - 1} (the template has {U} answers)")
         if candidates.ndim != 2 or candidates.shape[0] != U:
             raise ValueError(f"candidates must have shape [U={U}, V], got {candidates.shape}")
-        if candidates.size and (candidates.min() < 0 or candidates.max() >= len(self.examples)):
-            raise ValueError("candidate indices must point into examples")
-        wrong = labels[candidates] != np.arange(U)[:, None]
+        if candidates.size and (candidates.min() < NO_DEMONSTRATION or candidates.max() >= len(self.examples)):
+            raise ValueError("candidate indices must point into examples (or be -1: no demonstration)")
+        wrong = (labels[candidates] != np.arange(U)[:, None]) & (candidates != NO_DEMONSTRATION)
         if wrong.any():
             u, v = map(int, np.argwhere(wrong)[0])
             raise ValueError(f"candidate {v} of class {u} (example {candidates[u, v]}) has label {labels[candidates[u, v]]}")
@@ -97,7 +98,8 @@ class PromptTask:
         the vocabulary (``-1``: no word), ``queries`` the examples; ``extra`` examples (e.g.
         :data:`CONTENT_FREE` inputs) are asked after them."""
         U = self.num_classes
-        chosen = dict.fromkeys((s % U, int(k)) for s, k in enumerate(demos) if k >= 0)  # in slot order, no repeats
+        chosen = dict.fromkeys((s % U, int(k)) for s, k in enumerate(demos)  # in slot order, no repeats
+                               if k >= 0 and self.candidates[s % U, k] != NO_DEMONSTRATION)
         shown = [(self.examples[self.candidates[u, k]], u) for u, k in chosen]
         fragment = [self.vocabulary[j] for j in fragment_words if j >= 0 and self.vocabulary[j]]  # "": no word
         return self.template.render(shown, fragment, [self.examples[i] for i in queries] + list(extra))
@@ -106,6 +108,9 @@ class PromptTask:
         """The :data:`CONTENT_FREE` inputs as examples of this task (every field filled with one)."""
         return [{slot: text for slot in self.template.slots} for text in CONTENT_FREE]
 
+
+#: A candidate that shows no demonstration (see :class:`PromptTask`).
+NO_DEMONSTRATION = -1
 
 #: Content-free inputs of contextual calibration (Zhao et al., "Calibrate before use", ICML 2021).
 CONTENT_FREE = ("N/A", "[MASK]")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..llm.adapter import PromptTask
+from ..llm.adapter import NO_DEMONSTRATION, PromptTask
 from .data import LabelledData
 
 
@@ -46,13 +46,21 @@ class TaskSplit:
     vocabulary: tuple
     notes: tuple = field(default=())
 
-    def prompt_task(self, demos_per_class: int = 1) -> PromptTask:
+    def prompt_task(self, demos_per_class: int = 1, empty_slot: bool = False) -> PromptTask:
         """The task for the LLM feedback. Its fragment vocabulary is :data:`EMPTY_WORD`
         followed by the PMI n-grams: a fragment position may stay empty, and since the
         argmax of a uniform distribution is index 0, an untrained fragment decodes to no
         note at all (not to the first n-gram repeated M times); a word enters the decoded
-        prompt only once the optimizer prefers it to leaving its position empty."""
-        return PromptTask(self.data.template, self.data.examples, self.data.labels, self.candidates,
+        prompt only once the optimizer prefers it to leaving its position empty.
+
+        ``empty_slot``: the same for the demonstrations: every class's candidates start with
+        :data:`~asyndbt_jax.llm.adapter.NO_DEMONSTRATION`, so a slot may stay empty, and an
+        untrained selection decodes to the template alone (the manual prompt); a
+        demonstration enters the decoded prompt once the optimizer prefers it to none."""
+        candidates = self.candidates
+        if empty_slot:  # candidate 0 of every class: no demonstration
+            candidates = np.concatenate([np.full((len(candidates), 1), NO_DEMONSTRATION), candidates], axis=1)
+        return PromptTask(self.data.template, self.data.examples, self.data.labels, candidates,
                           (EMPTY_WORD,) + tuple(self.vocabulary), demos_per_class)
 
 
