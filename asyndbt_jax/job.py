@@ -195,9 +195,20 @@ def make_scorer(cfg: JobConfig):
     return LocalScorer(cfg.model)
 
 
+def upgrade_config(config: dict) -> dict:
+    """A stored run configuration in today's terms. Runs written before calibrated scoring and
+    the fitted templates existed (no ``calibrate`` key) scored raw label log-probs with the
+    paper's template."""
+    if "calibrate" in config:
+        return config
+    return {**config, "calibrate": False, "template": config.get("template") or (None if config.get("train_file") else "paper")}
+
+
 def differences(old: dict, new: dict) -> list[str]:
     """The result-changing settings in which two configurations (as dicts) differ, as ``name=old (now new)``.
-    A setting a configuration lacks (written before the setting existed) counts as its default."""
+    A setting a configuration lacks (written before the setting existed) counts as what runs did
+    then (:func:`upgrade_config`), else as its default."""
+    old = upgrade_config(old)
     return [f"{k}={old.get(k, DEFAULTS.get(k))!r} (now {new[k]!r})" for k in sorted(new)
             if k not in _NOT_RESULTS and old.get(k, DEFAULTS.get(k)) != new[k]]
 
@@ -232,7 +243,7 @@ def resume_config(run_dir: str, given: dict) -> JobConfig:
     path = Path(run_dir) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"{run_dir} holds no run to resume (no config.json)")
-    stored = json.loads(path.read_text())
+    stored = upgrade_config(json.loads(path.read_text()))
     differ = differences(stored, {**stored, **given})
     if differ:
         raise ValueError(f"{run_dir} is a run with other settings: {', '.join(differ)}; --resume continues a run "

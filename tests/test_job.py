@@ -275,3 +275,17 @@ def test_feddtpt_is_a_method_of_the_job(tmp_path, capsys):
     assert all(1 <= r["participants"] <= 3 for r in rounds) and max(r["max_staleness"] for r in rounds) <= 4
     with pytest.raises(SystemExit, match=r"unknown feddtpt server 'dbscan'; known: \['cluster'"):
         main(["run", "--json", *TINY, "--method", "feddtpt", "--feddtpt-server", "dbscan", "--out", str(tmp_path / "g")])
+
+
+def test_runs_written_before_calibration_read_as_raw_scores_with_the_papers_template():
+    import dataclasses
+
+    from asyndbt_jax.job import DEFAULTS, JobConfig, differences, upgrade_config
+
+    old = {k: v for k, v in DEFAULTS.items() if k not in ("calibrate", "candidates", "demos_per_class")}
+    assert upgrade_config(old)["calibrate"] is False and upgrade_config(old)["template"] == "paper"
+    assert upgrade_config({**old, "train_file": "mine.csv"})["template"] is None  # a user's file: its default block
+    now = dataclasses.asdict(JobConfig())
+    assert differences(old, now) == ["calibrate=False (now True)", "template='paper' (now None)"]
+    assert differences(old, dataclasses.asdict(JobConfig(template="paper", calibrate=False))) == []
+    assert upgrade_config(now) is now
