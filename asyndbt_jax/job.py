@@ -264,6 +264,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
     from .llm import CONTENT_FREE, LLMFeedback, ResponseCache, cache_root
     from .simulator import parse_delay
     from .tasks import paper_split, partition_workers, template_label
+    from .tasks.files import task_name as user_task_name
 
     if cfg.method not in job_methods():
         raise ValueError(f"unknown method {cfg.method!r}; known: {list(job_methods())}")
@@ -305,7 +306,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
     if not 0 <= cfg.malicious < cfg.workers:
         raise ValueError(f"--malicious (B={cfg.malicious}) must be between 0 and --workers - 1 ({cfg.workers - 1})")
     delay = parse_delay(cfg.delay)
-    task_name = Path(cfg.train_file).stem if cfg.train_file else cfg.task
+    task_name = user_task_name(cfg.train_file) if cfg.train_file else cfg.task
     out = Path(cfg.out or f"runs/{task_name}-{cfg.method}-seed{cfg.seed}")
     checkpoint = out / CHECKPOINTS[cfg.method == "feddtpt"]
     if resume:

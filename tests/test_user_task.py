@@ -103,3 +103,12 @@ def test_run_on_the_users_files(tmp_path, capsys):
     assert out["task"] == "reviews" and out["test_examples"] == 6
     assert out["llm_prompts_by_method"] == {"manual": 6 + 2, "random-icl": 6 + 2}  # + the content-free inputs
     assert "held.jsonl" in out["source"]
+
+
+def test_a_task_is_named_after_its_folder_where_the_file_only_names_a_split(tmp_path):
+    from asyndbt_jax.tasks.files import task_name
+
+    assert task_name(tmp_path / "reviews.csv") == "reviews"
+    (tmp_path / "imdb").mkdir()
+    assert task_name(tmp_path / "imdb" / "train.csv") == "imdb-train"
+    assert task_name(tmp_path / "imdb" / "Test.jsonl") == "imdb-Test"

@@ -133,4 +133,16 @@ def load_user_task(train_file, *, fields, label_words, label_field: str = "label
         test = np.arange(len(examples), len(examples) + len(more))
         examples, labels = examples + more, np.concatenate([labels, more_labels])
     source = str(train_file) + (f" + {test_file}" if test_file else "")
-    return LabelledData(Path(train_file).stem, tuple(examples), labels, tpl, source), test
+    return LabelledData(task_name(train_file), tuple(examples), labels, tpl, source), test
+
+
+#: file names that say which split a file is, not which task: such a task is named after its folder too
+_SPLIT_NAMES = frozenset({"train", "training", "dev", "valid", "validation", "test", "data", "dataset", "all"})
+
+
+def task_name(train_file) -> str:
+    """The name of a task read from ``train_file``: its stem (``reviews.csv`` → ``reviews``), with
+    its folder in front where the stem only names a split (``reviews/train.csv`` → ``reviews-train``)."""
+    path = Path(train_file)
+    folder = path.resolve().parent.name
+    return f"{folder}-{path.stem}" if path.stem.lower() in _SPLIT_NAMES and folder else path.stem
