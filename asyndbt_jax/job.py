@@ -341,8 +341,9 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
     one_iteration = cfg.workers * (cfg.samples + 1) * (validation.shape[1] + cf)
     evaluation = cfg.workers * (validation.shape[1] + T + 2 * cf)  # the test evaluation; validation's is in every step
     if cfg.method == "feddtpt":  # no mid-run stop: the whole plan must fit
-        one_iteration = cfg.workers * (cfg.samples + 1) * (train.shape[1] + len(split.validation)) + len(split.validation)
-        need = baseline_cost + cfg.iterations * one_iteration + T
+        one_iteration = (cfg.workers * (cfg.samples + 1) * (train.shape[1] + len(split.validation) + cf)
+                         + len(split.validation) + cf)
+        need = baseline_cost + cfg.iterations * one_iteration + T + cf
         if cfg.budget is not None and cfg.budget < need:
             raise ValueError(f"--budget {cfg.budget} is too small: feddtpt's {cfg.iterations} rounds and the "
                              f"baselines may score up to {need} prompts (it checks its budget before starting)")
@@ -524,7 +525,7 @@ def _run_feddtpt(cfg: JobConfig, task, scorer, cache, train, split, out: Path, c
         client=ClientConfig(kind=cfg.feddtpt_client, num_candidates=cfg.samples, max_length=cfg.fragment_words),
         server=ServerConfig(method=cfg.feddtpt_server), proposer=proposer, cache=cache, seed=cfg.seed,
         progress=cfg.progress, history_path=out / "history.jsonl", checkpoint=checkpoint, resume=resume,
-        checkpoint_extra=lambda: {"wall_seconds": wall()},
+        checkpoint_extra=lambda: {"wall_seconds": wall()}, calibrate=cfg.calibrate,
         **(dict(delay=parse_delay(cfg.delay), num_active=cfg.active, max_staleness=cfg.staleness) if cfg.feddtpt_async else {}),
     )
     accuracy["feddtpt"] = result.test_accuracy

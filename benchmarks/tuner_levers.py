@@ -12,7 +12,9 @@ model gives, no fragment), so each lever costs seconds, not an LLM run:
   the learning rate of the demonstration level;
 * ``--empty-slot``: candidate 0 of every class is "no demonstration" (the manual prompt is
   then one of the choices, and an untrained selection decodes to it);
-* the final pick: the last decoded prompt or the best one on validation (early stopping).
+* the final pick: the last decoded prompt or the best one on validation (early stopping);
+* the queries of the upper-level estimate: the worker's validation batch (the method) or
+  its train and validation batches together.
 
 The test examples never reach the tuner; they only score the prompt it delivers. Prints one
 JSON object: the table's facts (mean, best and quantiles of the test accuracy over every
@@ -117,10 +119,13 @@ def main():
     validation = to_pos(partition_workers(split.validation, data.labels, R, seed=args.split_seed + 1))
     delay = parse_delay("lognormal:1.0")
 
-    def run(method, V, samples, iterations, lr, keep_best, seed):
+    train_and_validation = np.concatenate([train, validation], axis=1)
+
+    def run(method, V, samples, iterations, lr, keep_best, seed, upper="validation"):
         feedback = TableFeedback(losses[:V, :V], correct[:V, :V])
+        queries = validation if upper == "validation" else train_and_validation
         result, config = run_method(
-            method, feedback, Data(jnp.asarray(train), jnp.asarray(validation)), jnp.asarray(validation[0]), delay,
+            method, feedback, Data(jnp.asarray(train), jnp.asarray(queries)), jnp.asarray(validation[0]), delay,
             shapes=dict(num_fragment_words=1, vocab_size=2, num_classes=2, num_candidates=V), iterations=iterations,
             num_active=args.active, max_staleness=4, seed=seed, progress=False, eval_every=1, test_every=iterations,
             num_samples=samples, lr_demos=lr, lr_fragment=lr, keep_best=keep_best,
@@ -130,7 +135,7 @@ def main():
         return float(np.mean([test_acc[a, b] for a, b in demos])), result.queries
 
     pool = args.pool + args.empty_slot
-    base = dict(method="asyndbt", V=pool, samples=4, iterations=25, lr=0.05, keep_best=False)
+    base = dict(method="asyndbt", V=pool, samples=4, iterations=25, lr=0.05, keep_best=False, upper="validation")
     settings = [base]
     for method in ("demos-only",):
         settings.append({**base, "method": method})
@@ -145,6 +150,9 @@ def main():
         settings.append({**base, "lr": lr})
     settings.append({**base, "keep_best": True})
     settings.append({**base, "keep_best": True, "samples": 8, "lr": 0.2})
+    for method in ("asyndbt", "demos-only"):  # the upper-level estimate on every labelled query a worker holds
+        settings.append({**base, "method": method, "upper": "train+validation"})
+        settings.append({**base, "method": method, "upper": "train+validation", "iterations": 50, "lr": 0.2})
     unique = list({tuple(sorted(s.items())): s for s in settings}.values())
     rows = []
     started = time.perf_counter()

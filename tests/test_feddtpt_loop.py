@@ -393,3 +393,26 @@ def test_resume_refuses_another_runs_checkpoint_and_a_missing_one(tmp_path):
         run(rounds=1, checkpoint=tmp_path / "missing.json", resume=True)
     with pytest.raises(ValueError, match="resume needs the checkpoint"):
         run(rounds=1, resume=True)
+
+
+def test_calibrated_evaluation_divides_out_the_prompts_bias():
+    """A black box that leans to "Yes" answers every query "Yes" (raw accuracy 0.5); the
+    content-free inputs show the lean, and calibration recovers every label."""
+    from asyndbt_jax.feddtpt.loop import PromptEvaluator
+
+    task, labels = make_task()
+
+    class LeaningScorer:
+        def score(self, prefix, queries, labels_words, cache=None):
+            rows = []
+            for q in queries:
+                found = re.search(r"x(\d+)", q)
+                p_yes = 0.6 if not found else (0.7 if labels[int(found.group(1))] == 1 else 0.55)
+                rows.append(np.log([1 - p_yes, p_yes]))
+            return np.array(rows)
+
+    queries = list(range(8))
+    raw = PromptEvaluator(task, LeaningScorer())
+    assert raw.accuracy(["alpha"], queries) == 0.5 and raw.prompts == 8
+    calibrated = PromptEvaluator(task, LeaningScorer(), calibrate=True)
+    assert calibrated.accuracy(["alpha"], queries) == 1.0 and calibrated.prompts == 8 + 2

@@ -62,6 +62,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._files import atomic_file
+from ..llm.adapter import calibrate as calibrated
 from .client import (
     ClientConfig,
     Proposer,
@@ -105,13 +106,17 @@ class PromptEvaluator:
         task: the :class:`~asyndbt_jax.llm.adapter.PromptTask`.
         scorer: anything with ``score(prefix, queries, label_words, cache=)`` → ``[B, U]``.
         cache: optional :class:`~asyndbt_jax.llm.cache.ResponseCache`.
+        calibrate: contextual calibration (:func:`~asyndbt_jax.llm.adapter.calibrate`): every
+            prompt also asks the content-free inputs and its predictions are corrected by theirs.
 
     Attributes:
-        prompts: LLM prompts scored (one per query; in-run repeats are not scored again).
+        prompts: LLM prompts scored (one per query, content-free inputs included; in-run
+            repeats are not scored again).
     """
 
-    def __init__(self, task, scorer, cache=None):
+    def __init__(self, task, scorer, cache=None, calibrate: bool = False):
         self.task, self.scorer, self.cache = task, scorer, cache
+        self.calibrate = bool(calibrate)
         self.prompts = 0
         self._memo: dict[tuple, float] = {}
 
@@ -122,9 +127,12 @@ class PromptEvaluator:
         key = (tuple(words), queries)
         if key not in self._memo:
             template = self.task.template
-            prefix, texts = template.render([], list(words), [self.task.examples[q] for q in queries])
+            extra = self.task.content_free() if self.calibrate else []
+            prefix, texts = template.render([], list(words), [self.task.examples[q] for q in queries] + extra)
             logp = np.asarray(self.scorer.score(prefix, texts, template.label_words, cache=self.cache))
-            self.prompts += len(queries)
+            if extra:
+                logp = calibrated(logp[:len(queries)], logp[len(queries):])
+            self.prompts += len(texts)
             self._memo[key] = float(np.mean(logp.argmax(-1) == self.task.labels[list(queries)]))
         return self._memo[key]
 
@@ -537,7 +545,7 @@ def run_feddtpt(task, scorer, train, public, test, *, rounds: int = 10, client: 
                 cache=None, seed: int = 0, progress: bool = False, history_path: str | Path | None = None,
                 stop: Callable[[], bool] | None = None, delay=None, num_active: int | None = None,
                 max_staleness: int = 4, checkpoint: str | Path | None = None, resume: bool = False,
-                checkpoint_extra: Callable[[], dict] | None = None) -> FedDTPTResult:
+                checkpoint_extra: Callable[[], dict] | None = None, calibrate: bool = False) -> FedDTPTResult:
     """FedDTPT: synchronous federated discrete prompt tuning (module docstring).
 
     Args:
@@ -580,6 +588,7 @@ def run_feddtpt(task, scorer, train, public, test, *, rounds: int = 10, client: 
             where an uninterrupted one does; its LLM scores can come from the response cache.
         checkpoint_extra: ``() -> dict`` stored in each checkpoint under ``"extra"`` (the
             caller's own state, e.g. the wall time spent so far).
+        calibrate: score with contextual calibration (:class:`PromptEvaluator`).
 
     Returns:
         A :class:`FedDTPTResult`. ``history[t]`` holds ``round``, ``prompt``, ``words``,
@@ -637,7 +646,7 @@ def run_feddtpt(task, scorer, train, public, test, *, rounds: int = 10, client: 
         embedder = SentenceEmbedder()
     table = WordTable(embedder, words_vocab if server.method == "fedavg" else ())
     description = task_description(task.template)
-    evaluator = PromptEvaluator(task, scorer, cache)
+    evaluator = PromptEvaluator(task, scorer, cache, calibrate)
     histories: list[tuple] = [() for _ in range(R)]
     queries = [np.asarray(list(dict.fromkeys([*row.tolist(), *public.tolist()])), np.int64) for row in local]
     global_prompt: Words = (words_of(initial_prompt) if isinstance(initial_prompt, str)
