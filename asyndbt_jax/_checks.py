@@ -14,7 +14,9 @@ import numpy as np
 
 
 def is_concrete(x) -> bool:
-    """True when ``x`` holds values now (not a tracer inside ``jit``/``vmap``)."""
+    """True when ``x`` holds values now (not a tracer inside ``jit``/``vmap``). A concrete
+    array may still be used inside a trace (a constant a jitted function closes over), where
+    ``jnp`` operations on it give tracers: value checks read it with NumPy instead."""
     return not isinstance(x, jax.core.Tracer)
 
 
@@ -44,19 +46,22 @@ def require_nonempty_last(name: str, x, what: str) -> None:
 
 def check_finite(name: str, x) -> None:
     """Raise ``ValueError`` if a concrete ``x`` holds NaN or Inf (no-op on tracers)."""
-    if is_concrete(x) and x.size and not bool(jnp.all(jnp.isfinite(x))):
-        bad = int(np.size(x) - np.count_nonzero(np.isfinite(np.asarray(x))))
-        raise ValueError(f"{name} contains {bad} non-finite value(s) (NaN or Inf)")
+    if not is_concrete(x) or not np.size(x):
+        return
+    finite = np.isfinite(np.asarray(x))
+    if not finite.all():
+        raise ValueError(f"{name} contains {int(finite.size - np.count_nonzero(finite))} non-finite value(s) (NaN or Inf)")
 
 
 def check_no_nan_or_posinf(name: str, x) -> None:
     """Like :func:`check_finite` but allows ``-inf`` (probability 0), never a row of only ``-inf``."""
-    if not is_concrete(x) or not x.size:
+    if not is_concrete(x) or not np.size(x):
         return
-    bad = jnp.isnan(x) | (x == jnp.inf)
-    if bool(jnp.any(bad)):
-        raise ValueError(f"{name} contains {int(jnp.sum(bad))} NaN or +inf value(s); only -inf is allowed")
-    if bool(jnp.any(jnp.all(x == -jnp.inf, axis=-1))):
+    x = np.asarray(x)
+    bad = np.isnan(x) | (x == np.inf)
+    if bad.any():
+        raise ValueError(f"{name} contains {int(bad.sum())} NaN or +inf value(s); only -inf is allowed")
+    if np.all(x == -np.inf, axis=-1).any():
         raise ValueError(f"{name} has a row that is entirely -inf; its projection is undefined")
 
 

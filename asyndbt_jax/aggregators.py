@@ -25,6 +25,7 @@ from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from ._checks import is_concrete, per_worker, worker_count
@@ -43,7 +44,7 @@ def _mask(mask, R: int) -> jax.Array:
     if mask.shape != (R,):
         raise ValueError(f"mask must have shape ({R},) (one entry per worker), got {mask.shape}")
     mask = mask.astype(bool)
-    if is_concrete(mask) and not bool(jnp.any(mask)):
+    if is_concrete(mask) and not np.asarray(mask).any():
         raise ValueError("mask excludes every worker: there is nothing to aggregate")
     return mask
 
@@ -56,7 +57,7 @@ def _weights(weights, mask: jax.Array) -> jax.Array:
     weights = jnp.asarray(weights, jnp.float32)
     if weights.shape != (R,):
         raise ValueError(f"weights must have shape ({R},), got {weights.shape}")
-    if is_concrete(weights) and bool(jnp.any(~jnp.isfinite(weights) | (weights < 0))):
+    if is_concrete(weights) and (~np.isfinite(np.asarray(weights)) | (np.asarray(weights) < 0)).any():
         raise ValueError("weights must be finite and non-negative")
     return jnp.where(mask, weights, 0.0)
 
