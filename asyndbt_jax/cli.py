@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="run a method on the planted oracle under simulated stragglers and print a JSON summary",
         description="Run AsynDBT (or a baseline) on the planted bilevel oracle on a virtual clock.",
     )
-    sim.add_argument("--method", default="asyndbt", help="asyndbt|cendbt|sync|bdpl|demos-only|fedone")
+    sim.add_argument("--method", default="asyndbt", help="asyndbt|cendbt|sync|bdpl|demos-only|fedone|joint")
     sim.add_argument("--workers", "-R", type=int, default=16, help="number of workers R")
     sim.add_argument("--active", "-S", type=int, default=4, help="messages the server waits for, S")
     sim.add_argument("--staleness", "--tau", type=int, default=8, help="staleness bound tau")

@@ -48,7 +48,7 @@ from .optim import project_onto_simplex
 from .simplex import project_simplex
 from .selection import Configuration, SelectionVariables, decode, init_selection, sample_configurations
 
-METHODS = ("asyndbt", "sync", "cendbt", "bdpl", "demos-only", "fedone")
+METHODS = ("asyndbt", "sync", "cendbt", "bdpl", "demos-only", "fedone", "joint")
 CENTRALISED = ("cendbt", "bdpl", "demos-only")  # one machine holding all data
 SERVER_RULES = ("primal_dual", "fedavg")
 AGGREGATORS = ("sign_consensus",) + tuple(agglib.RULES)
@@ -224,6 +224,10 @@ def method_config(method: str, **kwargs) -> AsynDBTConfig:
     no consensus forces). ``bdpl``: fragment only, no lower level, no demonstrations.
     ``demos-only``: demonstrations only. ``fedone``: synchronous FedAvg of BDPL updates
     (fragment only; the server averages the received fragments and broadcasts them).
+    ``joint``: the single-level ablation: AsynDBT's workers and server (S of R, the
+    consensus step) with no lower level and no cuts, one joint policy gradient over both
+    variables on every labelled query a worker holds (train and validation together: see
+    :func:`method_data`).
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
@@ -234,8 +238,19 @@ def method_config(method: str, **kwargs) -> AsynDBTConfig:
         "bdpl": {"use_demos": False, "bilevel": False},
         "demos-only": {"use_fragment": False, "bilevel": False},
         "fedone": {"use_demos": False, "bilevel": False, "server_rule": "fedavg"},
+        "joint": {"bilevel": False},
     }
     return AsynDBTConfig(**{**kwargs, **presets[method]}).validate()
+
+
+def method_data(method: str, data: "Data") -> "Data":
+    """The query batches ``method`` trains on: ``data`` itself, except for ``joint``, whose
+    one estimate sees the training and validation queries together (leaves ``[R, B_train +
+    B_validation]`` as its validation batch; the training batch is unused without a lower level)."""
+    if method != "joint":
+        return data
+    both = jax.tree.map(lambda t, v: jnp.concatenate([t, v], axis=1), data.train, data.validation)
+    return Data(data.train, both)
 
 
 def _optimizer(config: AsynDBTConfig) -> optax.GradientTransformation:

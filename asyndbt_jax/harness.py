@@ -8,7 +8,7 @@ import inspect
 
 import jax
 
-from .engine import CENTRALISED, Data, method_config
+from .engine import CENTRALISED, Data, method_config, method_data
 from .oracle import PlantedTask, make_planted_task, oracle_feedback
 from .simulator import DelayModel, SimulationResult, simulate
 
@@ -53,6 +53,7 @@ def run_method(
         **shapes,
         **kwargs,
     )
+    data = method_data(method, data)
     if central:
         data = pooled(data)
         delay = dataclasses.replace(delay, scale=delay.scale * R)

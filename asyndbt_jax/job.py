@@ -338,8 +338,9 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
     tuned = cfg.method in METHODS
     cf = len(CONTENT_FREE) if cfg.calibrate else 0  # every calibrated prompt also asks the content-free inputs
     baseline_cost = 2 * (T + cf) + (cfg.method == "kate") * T * (1 + cf)  # kate: one prompt per query
-    one_iteration = cfg.workers * (cfg.samples + 1) * (validation.shape[1] + cf)
-    evaluation = cfg.workers * (validation.shape[1] + T + 2 * cf)  # the test evaluation; validation's is in every step
+    upper = validation.shape[1] + (train.shape[1] if cfg.method == "joint" else 0)  # joint: train and validation
+    one_iteration = cfg.workers * (cfg.samples + 1) * (upper + cf)
+    evaluation = cfg.workers * (upper + T + 2 * cf)  # the test evaluation; validation's is in every step
     if cfg.method == "feddtpt":  # no mid-run stop: the whole plan must fit
         one_iteration = (cfg.workers * (cfg.samples + 1) * (train.shape[1] + len(split.validation) + cf)
                          + len(split.validation) + cf)
@@ -478,7 +479,7 @@ def _run_on_runtime(cfg: JobConfig, data, task, feedback, train, validation, spl
 
     import jax.numpy as jnp
 
-    from .engine import Data, method_config, prompts_of
+    from .engine import Data, method_config, method_data, prompts_of
     from .runtime import run_runtime
 
     config = method_config(cfg.method, num_workers=cfg.workers, num_active=cfg.active, max_staleness=cfg.staleness,
@@ -486,7 +487,8 @@ def _run_on_runtime(cfg: JobConfig, data, task, feedback, train, validation, spl
                            aggregator=cfg.aggregator, **shapes)
     make_feedback = (lambda: feedback) if cfg.runtime == "local" else functools.partial(_actor_feedback, cfg, task)
     _log(cfg, f"tuning on the {cfg.runtime} runtime: {cfg.workers} concurrent workers (S={cfg.active}, tau={cfg.staleness})")
-    result = run_runtime(config, make_feedback, Data(jnp.asarray(train), jnp.asarray(validation)), jnp.asarray(split.test),
+    result = run_runtime(config, make_feedback, method_data(cfg.method, Data(jnp.asarray(train), jnp.asarray(validation))),
+                         jnp.asarray(split.test),
                          iterations=cfg.iterations, runtime=cfg.runtime, seed=cfg.seed, progress=cfg.progress,
                          history_path=str(out / "history.jsonl"), ray_address=cfg.ray_address, actors=cfg.actors)
     accuracy[cfg.method] = result.final_test_accuracy

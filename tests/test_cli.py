@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import numpy as np
+
 import asyndbt_jax
 from asyndbt_jax.cli import main
 
@@ -41,3 +43,20 @@ def test_simulate_bad_input_is_a_clear_error():
         main(["simulate", "--method", "adbo", "--quiet"])
     with pytest.raises(ValueError, match="delay"):
         main(["simulate", "--delay", "weibull:2", "--quiet"])
+
+
+def test_simulate_joint_trains_one_estimate_on_train_and_validation_queries(capsys):
+    """``joint`` (the single-level ablation) scores each sampled configuration on a worker's
+    train and validation queries together and never refreshes a lower level."""
+    args = ["simulate", "--workers", "4", "--active", "2", "--iterations", "4", "--samples", "4", "--quiet", "--json"]
+    assert main(args + ["--method", "joint"]) == 0
+    joint = json.loads(capsys.readouterr().out)
+    assert main(args + ["--method", "asyndbt"]) == 0
+    bilevel = json.loads(capsys.readouterr().out)
+    assert joint["iterations"] == 4 and joint["final_test_accuracy"] != bilevel["final_test_accuracy"]
+    from asyndbt_jax.engine import Data, method_data
+
+    data = Data(np.zeros((4, 3)), np.ones((4, 2)))
+    both = method_data("joint", data)
+    assert both.validation.shape == (4, 5) and (np.asarray(both.validation)[:, :3] == 0).all()
+    assert method_data("asyndbt", data) is data
