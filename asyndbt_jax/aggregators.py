@@ -1,4 +1,4 @@
-"""Robust aggregation rules over a leading worker axis (issue 4).
+"""Robust aggregation rules over a leading worker axis.
 
 Every rule takes ``updates``: a pytree whose leaves share a leading worker axis ``R``
 (``[R, ...]``), an optional boolean ``mask [R]`` of participating workers (asynchrony:
@@ -10,7 +10,7 @@ updates (geometric median, Krum, centred clipping) treat the pytree as one flat 
 Rules: :func:`mean`, :func:`coordinate_median`, :func:`trimmed_mean`,
 :func:`geometric_median` (smoothed Weiszfeld), :func:`krum` / :func:`multi_krum`,
 :func:`centered_clipping` and :func:`sign_consensus` (the ψ-sign step of AsynDBT's server,
-spec §4). :func:`as_aggregator` wraps any of them as an
+RSA-style). :func:`as_aggregator` wraps any of them as an
 ``optax.experimental.aggregating.Aggregator`` so it drops into other optax pipelines.
 
 Bad input raises ``ValueError`` before anything compiles: leaves with different worker
@@ -303,7 +303,7 @@ def sign_consensus(
     psi: float = 1e-3,
     step_size: float = 1.0,
 ) -> PyTree:
-    """The ψ-sign consensus step of AsynDBT's server (spec §4; RSA-style ℓ1 aggregation):
+    """The ψ-sign consensus step of AsynDBT's server (RSA-style ℓ1 aggregation, Li et al. 2019):
     ``center − step_size · ψ · Σ_r w_r sign(center − x_r)``.
 
     Whatever a worker sends, it moves each coordinate by at most ``step_size · ψ · w_r``:

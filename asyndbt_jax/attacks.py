@@ -1,4 +1,4 @@
-"""Attack models for malicious workers (issue 4).
+"""Attack models for malicious workers.
 
 Strong threat model: the attackers see every benign update. Every message attack is a pure
 function ``attack(updates, malicious, ...) -> updates`` of a pytree whose leaves have a

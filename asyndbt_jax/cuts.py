@@ -1,4 +1,4 @@
-"""Cutting-plane approximation of the lower-level constraint (spec §5, paper Eqs. 5, 14–15, 28–33).
+"""Cutting-plane approximation of the lower-level constraint (paper Eqs. 5, 14–15, 28–33).
 
 For every fragment row ``i`` the gap between the current point ``x = [{p_i^(v)}; z_i]``
 and the lower-level estimate ``φ_i`` is ``h_i(x) = ||x − φ_i||²`` (ADBO's squared ℓ2, the
@@ -79,7 +79,7 @@ def gap(fragment_probs, consensus, phi_probs, phi_consensus, norm: str = "l2sq",
       combine: how the per-worker terms ``[R, M]`` are summed (default the plain sum; the
         engine passes ``R ×`` a robust rule, ``engine.worker_sum``).
 
-    Paper: Eq. 5 / spec §5.
+    Paper: Eq. 5.
     """
     if norm not in NORMS:
         raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
@@ -145,7 +145,7 @@ def drop_cuts(cuts: CutBuffer, duals_before, gamma: float) -> CutBuffer:
 
 
 def cut_force(cuts: CutBuffer):
-    """``(Σ_l λ_l a_l^(v) [R, M, N], Σ_l λ_l b_l [M, N])``: the cut terms of the upper-level steps (spec §6)."""
+    """``(Σ_l λ_l a_l^(v) [R, M, N], Σ_l λ_l b_l [M, N])``: the cut terms of the upper-level steps."""
     lam = jnp.where(cuts.active, cuts.duals, 0.0)
     worker = sum(lam[None, :, l, None] * a for l, a in enumerate(cuts.worker_coef))
     consensus = jnp.sum(lam[:, :, None] * cuts.consensus_coef, axis=1)
@@ -153,7 +153,7 @@ def cut_force(cuts: CutBuffer):
 
 
 def dual_ascent(cuts: CutBuffer, fragment_probs, consensus, eta_lambda: float, c1: float, combine=_sum_workers) -> CutBuffer:
-    """``λ_l ← max(0, λ_l + η_λ (Σ_v a_l^(v)ᵀ p^(v) + b_lᵀ z + c_l − c_1 λ_l))`` on active cuts (spec §6)."""
+    """``λ_l ← max(0, λ_l + η_λ (Σ_v a_l^(v)ᵀ p^(v) + b_lᵀ z + c_l − c_1 λ_l))`` on active cuts."""
     values = cut_values(cuts, fragment_probs, consensus, combine)
     new = jnp.maximum(0.0, cuts.duals + eta_lambda * (values - c1 * cuts.duals))
     return cuts._replace(duals=jnp.where(cuts.active, new, 0.0))

@@ -1,4 +1,4 @@
-"""AsynDBT server iterations as one jit-compiled step over a leading worker axis (spec §3–6).
+"""AsynDBT server iterations as one jit-compiled step over a leading worker axis (docs/algorithm.md).
 
 Asynchrony is data: every server iteration receives a boolean ``arrived [R]`` mask (the
 workers whose messages reached the server), uses its stale copies for everyone else,
@@ -11,14 +11,14 @@ One iteration (``server_step``):
 
 1. Accept the arrived workers' fragment distributions; a message with NaN/Inf is rejected,
    counted, and never enters ``z``.
-2. Server (spec §6 [inferred from ADBO]): ``z ← proj_Δ(z − η_z(Σ_l λ_l b_l + Σ_v(−ρ_v + μ(z − p_v)
+2. Server (the upper level, rules inferred from ADBO): ``z ← proj_Δ(z − η_z(Σ_l λ_l b_l + Σ_v(−ρ_v + μ(z − p_v)
    + ψ sign(z − p_v))))`` over every worker's latest copy (the default ``sign_consensus``
    aggregator; any other rule replaces each sum over workers by ``R ×`` the rule:
    :func:`consensus_step`, and :func:`worker_sum` for the cut gap and values);
    ``λ ← max(0, λ + η_λ(values − c₁λ))``;
    drop cuts whose dual stayed below ``γ``.
 3. Every ``δ`` iterations: refresh the polyhedron: ``K`` primal-dual rounds with all
-   workers (spec §4) give ``φ``; add a cut where the gap exceeds ``ε`` (spec §5).
+   workers give ``φ``; add a cut where the gap exceeds ``ε``.
 4. Reply: every arrived worker samples ``I`` configurations from its ``(p, q)``, scores them
    on its validation batch, estimates both gradients from the same queries, adds the cut
    force ``Σ_l λ_l a_l^(v)`` to the fragment gradient, and takes a projected Adam step.
@@ -313,7 +313,7 @@ def _rule(config: AsynDBTConfig):
 
 def worker_sum(config: AsynDBTConfig):
     """How the server combines per-worker terms that the paper sums (the cut gap and cut
-    values, spec §5–6): the plain sum for ``mean`` and for the paper's ``sign_consensus``
+    values): the plain sum for ``mean`` and for the paper's ``sign_consensus``
     (the paper robustifies only the consensus step), else ``R ×`` the configured robust
     rule, so one worker cannot inflate a cut's gap or dual. Returns ``terms [R, ...] -> [...]``."""
     if config.aggregator in ("mean", "sign_consensus"):
@@ -323,7 +323,7 @@ def worker_sum(config: AsynDBTConfig):
 
 
 def consensus_step(config: AsynDBTConfig):
-    """The server's ``z`` step with the configured aggregator (spec §4 Eq. 10 and §6):
+    """The server's ``z`` step with the configured aggregator (paper Eq. 10 and the upper level's z step):
     ``(z, p [R, M, N], ρ, mask, hp, extra_force) -> z``.
 
     ``sign_consensus`` is the paper's step (:func:`~asyndbt_jax.lower_level.server_consensus_step`).
@@ -387,7 +387,7 @@ def _masked_gradient(config: AsynDBTConfig, selection, sampled, losses) -> Selec
 
 
 def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, replied, queries, key, malicious, rows=None):
-    """Every replied worker computes its next upper-level update (spec §6, worker side).
+    """Every replied worker computes its next upper-level update (worker side).
 
     Samples ``I`` configurations, scores them on ``queries`` (validation batch), estimates
     the fragment and demonstration gradients from the same losses, adds the cut force to
@@ -420,7 +420,7 @@ def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, r
 
 def lower_gradient(config, feedback_fn, demo_probs, fragment_probs, train_queries, key, malicious, rows=None):
     """The workers' black-box gradient ``∇̂g`` of the training loss at ``fragment_probs``
-    (spec §4, one primal-dual round's worker side), on their own training batches.
+    (one primal-dual round's worker side), on their own training batches.
 
     ``rows``: as in :func:`worker_reply` (a subset of the workers, drawing what they draw
     in the batched refresh)."""
@@ -440,7 +440,7 @@ def _primal_dual_hp(config: AsynDBTConfig) -> PrimalDualHyperparams:
 
 
 def _refresh(config, feedback_fn, server: ServerState, demo_probs, train_queries, key, malicious):
-    """Recompute φ with K primal-dual rounds of all workers and add cuts where h > ε (spec §4–5)."""
+    """Recompute φ with K primal-dual rounds of all workers and add cuts where h > ε."""
     hp = _primal_dual_hp(config)
     start = LowerLevelState(server.received, server.consensus, server.duals)
     everyone = jnp.ones((config.num_workers,), bool)
@@ -456,12 +456,12 @@ def refresh_start(server: ServerState) -> LowerLevelState:
 
 def refresh_round(config: AsynDBTConfig, lower: LowerLevelState, grad, mask) -> LowerLevelState:
     """One primal-dual round of a refresh given the workers' gradients ``grad [R, M, N]``
-    (the server-side math of spec §4; the real runtime gathers ``grad`` from its workers)."""
+    (the lower level's server-side math; the real runtime gathers ``grad`` from its workers)."""
     return primal_dual_round(lower, grad, mask, _primal_dual_hp(config), consensus_step(config))
 
 
 def refresh_cuts(config: AsynDBTConfig, server: ServerState, phi: LowerLevelState) -> ServerState:
-    """Add a cut where the gap to the lower-level estimate ``φ`` exceeds ``ε``; keep ``φ``'s duals (spec §5)."""
+    """Add a cut where the gap to the lower-level estimate ``φ`` exceeds ``ε``; keep ``φ``'s duals."""
     new_cuts, _ = cutlib.add_cuts(
         server.cuts,
         server.received,
@@ -478,7 +478,7 @@ def refresh_cuts(config: AsynDBTConfig, server: ServerState, phi: LowerLevelStat
 def server_receive(config: AsynDBTConfig, server: ServerState, p, arrived) -> tuple[ServerState, jax.Array]:
     """Steps 1–2 of a server iteration: accept the arrived messages ``p [R, M, N]`` (a
     non-finite one is rejected and counted), then the server's ``z`` and cut-dual ``λ``
-    updates over every worker's latest copy (spec §6, server side).
+    updates over every worker's latest copy (the upper level's server side).
 
     Returns:
       ``(server, num_rejected)``; ``staleness`` and ``iteration`` are left to the caller.

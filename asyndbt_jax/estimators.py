@@ -1,4 +1,4 @@
-"""Black-box gradient estimators (spec §2: BDPL's variance-reduced policy gradient).
+"""Black-box gradient estimators (BDPL's variance-reduced policy gradient, Diao et al. 2023).
 
 For a distribution matrix ``p [rows, n]`` and ``I`` sampled configurations with losses
 ``L_1..L_I``::
@@ -58,7 +58,7 @@ def policy_gradient(probs, samples, losses, *, variant: str = "exact") -> jax.Ar
     Raises:
       ValueError: unknown variant, ``I < 2``, or shapes that do not line up (at trace time).
 
-    Paper: spec §2 (BDPL Eq. for ``g_i``); used for ``∇̂g`` in §4 and ``∇̂f`` in §6.
+    Paper: BDPL's estimate of ``g_i``; used for the lower level's ``∇̂g`` and the upper level's ``∇̂f``.
     """
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -120,7 +120,7 @@ def selection_gradient(
 
     Returns:
       ``SelectionVariables`` of gradients (one batch of LLM queries feeds both levels,
-      spec §6).
+      upper level).
     """
     return SelectionVariables(
         fragment_probs=policy_gradient(selection.fragment_probs, config.fragment_words, losses, variant=variant),

@@ -1,4 +1,4 @@
-"""Lower-level estimate φ by K distributed primal-dual rounds (spec §4, paper Eqs. 7–13).
+"""Lower-level estimate φ by K distributed primal-dual rounds (paper Eqs. 7–13).
 
 Augmented Lagrangian of fragment row ``i`` (all rows at once here, ``p [R, M, N]``)::
 
@@ -72,9 +72,9 @@ def server_consensus_step(
       mask: bool ``[R]``, workers that take part.
       hp: hyper-parameters.
       extra_force: ``F [M, N]`` added to the step; the upper-level server passes the cut
-        force ``Σ_l λ_l b_l`` (spec §6), the lower level nothing.
+        force ``Σ_l λ_l b_l`` (the upper level), the lower level nothing.
 
-    Paper: Eq. 10 (and the z step of spec §6).
+    Paper: Eq. 10 (and the upper level's z step).
     """
     weight = mask.astype(consensus.dtype)[:, None, None]
     diff = consensus[None] - fragment_probs

@@ -1,6 +1,6 @@
 """Projected optax optimizers for parameters that live on probability simplices.
 
-BDPL's update (spec §2), used for every ``p`` and ``q`` step in AsynDBT: clip the
+BDPL's update (Diao et al., TMLR 2023), used for every ``p`` and ``q`` step in AsynDBT: clip the
 gradient to global norm 3, take an Adam step (lr 1e-4), project every row back onto the
 simplex. ``simplex_adam`` is that chain as one ``optax.GradientTransformation``; the
 projection itself is :func:`project_onto_simplex`, a stateless transformation that can
@@ -53,7 +53,8 @@ def simplex_adam(learning_rate: float = 1e-4, max_norm: float = 3.0) -> optax.Gr
       An ``optax.GradientTransformation`` whose applied updates keep every row of every
       leaf on the probability simplex.
 
-    Paper: spec §2 (BDPL) and the ``proj_Δ(p − η ∇̂)`` steps of §4 and §6.
+    Paper: BDPL's projected step, and the ``proj_Δ(p − η ∇̂)`` steps of AsynDBT's lower and upper levels
+    (docs/algorithm.md).
     """
     if not callable(learning_rate) and not (math.isfinite(learning_rate) and learning_rate > 0):
         raise ValueError(f"learning_rate must be a finite positive number, got {learning_rate!r}")

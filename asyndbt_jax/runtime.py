@@ -146,7 +146,7 @@ class Worker:
             raise WorkerLost(f"worker {self.index} was stopped")
 
     def update(self, force, broadcast, key_data) -> tuple[np.ndarray, float]:
-        """Compute the next upper-level update from the server's reply (spec §6, worker
+        """Compute the next upper-level update from the server's reply (the upper level's worker
         side); returns ``(p [M, N], mean loss)``."""
         self._check()
         if self.delay is not None and self.delay_seconds > 0:
@@ -160,7 +160,7 @@ class Worker:
 
     def gradient(self, fragment_probs, key_data) -> np.ndarray:
         """The lower-level gradient ``∇̂g [M, N]`` at ``fragment_probs`` on the training batch
-        (one refresh round, spec §4)."""
+        (one refresh round of the lower level)."""
         self._check()
         grad = _worker_gradient(self.config, self.feedback_fn, self.workers.selection.demo_probs,
                                 np.asarray(fragment_probs)[None], self.data.train, _key(key_data), self.rows)

@@ -1,4 +1,4 @@
-"""Relaxed selection variables: the categorical distributions AsynDBT tunes (spec §1).
+"""Relaxed selection variables: the categorical distributions AsynDBT tunes.
 
 * Prompt fragment: ``M`` words, word ``i`` drawn from a vocabulary of ``N`` words,
   ``j_i ~ Cat(p_i)``; the rows ``p_i`` form ``fragment_probs [..., M, N]``.
@@ -181,7 +181,7 @@ def log_prob(selection: SelectionVariables, config: Configuration) -> jax.Array:
 
 
 def decode(selection: SelectionVariables) -> Configuration:
-    """The argmax configuration (spec §2: evaluation uses the argmax of each row).
+    """The argmax configuration (BDPL: evaluation uses the argmax of each row).
 
     Returns:
       ``Configuration`` with ``fragment_words [..., M]`` and ``demos [..., U]``.

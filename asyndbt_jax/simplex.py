@@ -2,7 +2,7 @@
 
 Every probability row of AsynDBT (fragment word distributions ``p_i``, demonstration
 distributions ``q_u``, the consensus ``z_i``) is kept on the simplex by projecting after
-each gradient step (spec §2, §4, §6: the ``proj_Δ`` of every update).
+each gradient step (the ``proj_Δ`` of every update of BDPL and AsynDBT).
 
 ``project_simplex`` is exact: Michelot's finite algorithm by default (no sort; fastest on
 CPU), or the sort-based algorithm (Held et al. 1974; Duchi et al. 2008) with
@@ -67,7 +67,7 @@ def project_simplex(x, *, method: str = "michelot") -> jax.Array:
       ValueError: unknown method, ``x`` is a scalar, has an empty last axis, or (when
         concrete) holds NaN or ``+inf``.
 
-    Paper: the ``proj_Δ`` operator of spec §2 (BDPL) and of every update in §4 and §6.
+    Paper: the ``proj_Δ`` operator of BDPL and of every AsynDBT update.
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")

@@ -20,7 +20,7 @@ shifted by +100 (Krum is told ``num_byzantine = R/20``). Each rule is timed thre
 
 ``ratio_vs_numpy = numpy_s / jax_s`` (how many times faster JAX is) and
 ``ratio_vs_memory_pass = jax_s / memory_pass_s`` (how many memory passes the rule costs).
-``targets`` checks issue 4's goals at every size: coordinate median and trimmed mean
+``targets`` checks the project's goals at every size: coordinate median and trimmed mean
 cost at most 3 memory passes; the geometric median is at least 5x faster than NumPy's
 Weiszfeld. Rule options: trim_fraction 0.1; geometric median defaults (100 iterations,
 tol 1e-6, smoothing 1e-8); centred clipping and sign consensus start from the mean of the

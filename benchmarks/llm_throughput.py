@@ -11,7 +11,7 @@ fragment words are drawn with a fixed seed from a word list. Two prompt layouts:
 * ``header`` (the top-level fields): the instruction and the "Note: <fragment>." once, in a
   header before the demonstrations, so instruction + demonstrations + fragment form the
   prefix shared by every query (labels " negative" / " positive");
-* ``paper_layout``: the paper's SST-2 template (spec §7), which repeats the note inside
+* ``paper_layout``: the paper's SST-2 template, which repeats the note inside
   every block, the query's included: the ~100 fragment tokens after each query cannot be
   shared (labels " Terrible" / " Great").
 

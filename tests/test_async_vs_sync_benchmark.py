@@ -1,4 +1,4 @@
-"""benchmarks/async_vs_sync.py prints the fields issue 3 names (time_ratio, acc_async, acc_sync),
+"""benchmarks/async_vs_sync.py prints the fields docs/performance.md quotes (time_ratio, acc_async, acc_sync),
 runs AsynDBT's cut duals at η_λ·S/R, and benchmarks/report.py renders its table."""
 
 import json

@@ -1,5 +1,5 @@
 """The local LLM layer on the embedded gemma-3-270m: loading and its dense cache, the three
-scoring modes agreeing, bad input, and the response cache (issue 5)."""
+scoring modes agreeing, bad input, and the response cache."""
 
 import multiprocessing
 

@@ -1,6 +1,6 @@
 """The OpenAI backend against a real OpenAI-compatible server: llama.cpp's server
 (llama-cpp-python) on 127.0.0.1 serving the SmolLM2 GGUF, with a fault-injecting proxy in
-front for the retry test (issue 5). No mock anywhere."""
+front for the retry test. No mock anywhere."""
 
 import asyncio
 import time

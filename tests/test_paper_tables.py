@@ -1,4 +1,4 @@
-"""benchmarks/paper_tables.py tabulates finished run folders (issue 8): cells are mean ±
+"""benchmarks/paper_tables.py tabulates finished run folders: cells are mean ±
 std over seeds with their count, the paper's numbers sit beside ours, and only runs whose
 settings match the grid count."""
 

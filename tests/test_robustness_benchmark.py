@@ -1,4 +1,4 @@
-"""benchmarks/robustness.py prints results[attack][aggregator][fraction] (issue 4) and the targets."""
+"""benchmarks/robustness.py prints results[attack][aggregator][fraction] and the targets."""
 
 import json
 import subprocess

@@ -15,7 +15,7 @@ from asyndbt_jax.tasks import REGISTRY, load_glue, paper_split, partition_worker
 from asyndbt_jax.tasks import data as datamod
 
 FIXTURE = Path(__file__).parent / "fixtures" / "glue"
-# DATA.md route 2: beside the checkout on developer and CI machines (or where ASYNDBT_GLUE_DIR says)
+# the real GLUE files: beside the checkout on developer and CI machines (or where ASYNDBT_GLUE_DIR says)
 REAL_GLUE = Path(os.environ.get("ASYNDBT_GLUE_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data" / "glue")
 
 

@@ -212,7 +212,7 @@ def test_prepare_rejects_a_wrong_checksum_and_a_malformed_member(fake_registry, 
 
 # ---------------------------------------------------------------------------- the real sdist
 
-# DATA.md route 1 (measured; see asyndbt_jax/tasks/bigbench.py): (negatives, positives)
+# the registry route (measured; see asyndbt_jax/tasks/bigbench.py): (negatives, positives)
 REAL_COUNTS = {"linzen": [499, 499], "qnli": [41879, 11401], "squad-pairs": [26023, 1349], "turk": [2273, 2273]}
 
 

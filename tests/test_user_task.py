@@ -1,4 +1,4 @@
-"""The user's own task from CSV/TSV/JSONL files (issue 8): parsing, up-front errors that
+"""The user's own task from CSV/TSV/JSONL files: parsing, up-front errors that
 name the file, row and field, and ``asyndbt run --train-file`` end to end."""
 
 import json

@@ -1,4 +1,4 @@
-"""FedDTPT (Wu et al., arXiv 2411.00985; spec §8): federated discrete prompt tuning.
+"""FedDTPT (Wu et al., arXiv 2411.00985): federated discrete prompt tuning.
 
 Server aggregation (``server``): :func:`aggregate` (methods ``"cluster"``, ``"no-cluster"``,
 ``"fedavg"``, ``"kmeans"``) returning a :class:`GlobalPrompt`, and its kernels

@@ -1,4 +1,4 @@
-"""FedDTPT's client (spec §8; Wu et al., arXiv 2411.00985; issue 6, part 1).
+"""FedDTPT's client (Wu et al., arXiv 2411.00985).
 
 A FedDTPT prompt is a short list of **words** (the tuned text the task template puts in its
 ``{note}`` slot: ``"Note: w_1 w_2 ... w_M."``; no demonstrations). A word is the unit the

@@ -1,4 +1,4 @@
-"""FedDTPT's synchronous federated loop (spec §8; Wu et al., arXiv 2411.00985; issue 6, part 3).
+"""FedDTPT's synchronous federated loop (Wu et al., arXiv 2411.00985).
 
 :func:`run_feddtpt` runs ``rounds`` rounds over ``R`` clients (full participation by
 default, as the paper does). In every round:

@@ -1,4 +1,4 @@
-"""FedDTPT's server aggregation (spec §8; Wu et al., arXiv 2411.00985; issue 6, part 2).
+"""FedDTPT's server aggregation (Wu et al., arXiv 2411.00985).
 
 The server receives every client's discrete prompt and merges them into one global prompt:
 
@@ -262,7 +262,7 @@ def _kmeans(x: jax.Array, mask: jax.Array, num_clusters: int, key, iterations: i
 
 @jax.jit
 def token_attention(emb, mask) -> jax.Array:
-    """FedDTPT's token attention weights (spec §8, server step 2).
+    """FedDTPT's token attention weights (FedDTPT's server, step 2).
 
     ``score[c, l] = Σ_{c' ≠ c} Σ_{l' valid} cos(emb[c, l], emb[c', l'])``, then
     ``weights[c] = softmax(score[c])`` over the valid tokens of prompt ``c``. Computed in
@@ -333,7 +333,7 @@ def k_distances(emb_flat, mask_flat, k) -> jax.Array:
 
 @jax.jit
 def knee_epsilon(emb_flat, mask_flat, k) -> jax.Array:
-    """DBSCAN's ε by knee detection on the sorted k-distance curve (spec §8, server step 3).
+    """DBSCAN's ε by knee detection on the sorted k-distance curve (FedDTPT's server, step 3).
 
     Kneedle (Satopää et al. 2011) for a convex increasing curve: with the ``n`` sorted
     k-distances ``y_0 <= ... <= y_{n-1}`` (:func:`k_distances`) and ``x_i = i / (n - 1)``,
@@ -357,7 +357,7 @@ def knee_epsilon(emb_flat, mask_flat, k) -> jax.Array:
 
 @jax.jit
 def dbscan(emb_flat, mask_flat, eps, min_samples) -> jax.Array:
-    """DBSCAN (Ester et al. 1996) with sklearn's semantics, vectorised (spec §8, step 4).
+    """DBSCAN (Ester et al. 1996) with sklearn's semantics, vectorised (FedDTPT's server, step 4).
 
     Euclidean metric on the given points (no normalisation). A point's neighbourhood is
     every valid point at distance ``<= eps``, itself included; core points have at least
@@ -459,7 +459,7 @@ def aggregate(
     key=None,
     pad_id=0,
 ) -> GlobalPrompt:
-    """FedDTPT's server: merge the clients' discrete prompts into one global prompt (spec §8).
+    """FedDTPT's server: merge the clients' discrete prompts into one global prompt (Wu et al., 2024).
 
     Methods (the paper's method and its three ablations):
 

