@@ -413,7 +413,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
         )
         accuracy[cfg.method] = result.final_test_accuracy
         prompts[cfg.method] = done + feedback.prompts - tuning_start
-        summary.update(_learned(data, task, split, decoded_prompts(config, result.state)))
+        summary.update(_learned(data, task, decoded_prompts(config, result.state)))
         summary.update({
             "active": config.num_active,
             "staleness": cfg.staleness,
@@ -448,20 +448,19 @@ def _checkpoint_extra(checkpoint: Path, feddtpt: bool) -> dict:
     return json.loads(checkpoint.read_text()).get("extra", {}) if feddtpt else checkpoint_meta(checkpoint)["extra"]
 
 
-def _learned(data, task, split, decoded) -> dict:
-    """Every worker's learned demonstrations (as text) and fragment. ``learned_fragment`` is
-    worker 0's (the consensus, for the distributed methods, unless workers kept prompts from
-    different iterations); ``learned_fragments`` lists every worker's."""
-    fragments = [" ".join(task.vocabulary[j] for j in np.asarray(words) if j >= 0 and task.vocabulary[j])
-                 for words in decoded.fragment_words]
+def _learned(data, task, decoded) -> dict:
+    """Every worker's learned demonstrations (as text; slot ``s`` shows class ``s mod U``) and
+    the consensus fragment."""
+    words = np.asarray(decoded.fragment_words[0])  # the consensus fragment: the same for every worker
+    U = task.num_classes
     learned = [
-        [{"label": data.template.answers[s % task.num_classes],
-          **data.examples[int(task.candidates[s % task.num_classes, k])]}
-         for s, k in enumerate(np.asarray(worker_demos)) if k >= 0 and task.candidates[s % task.num_classes, k] >= 0]
+        [{"label": data.template.answers[s % U], **data.examples[int(task.candidates[s % U, k])]}
+         for s, k in enumerate(np.asarray(worker_demos)) if k >= 0]
         for worker_demos in decoded.demos
     ]
     # the tuned row: mean over the benign workers' own prompts (their demonstrations differ)
-    return {"learned_demonstrations": learned, "learned_fragment": fragments[0], "learned_fragments": fragments}
+    return {"learned_demonstrations": learned,
+            "learned_fragment": " ".join(task.vocabulary[j] for j in words if j >= 0 and task.vocabulary[j])}
 
 
 def _actor_feedback(cfg: JobConfig, task):
@@ -495,7 +494,7 @@ def _run_on_runtime(cfg: JobConfig, data, task, feedback, train, validation, spl
     live = _num_rows(result.workers)
     prompts[cfg.method] = result.queries + live * (validation.shape[1] + len(split.test))  # + the final evaluation
     decoded = prompts_of(config, result.workers.selection, result.server.consensus)
-    return _learned(data, task, split, decoded) | {
+    return _learned(data, task, decoded) | {
         "runtime": cfg.runtime,
         "active": cfg.active,
         "staleness": cfg.staleness,
@@ -564,12 +563,7 @@ def table(summary: dict) -> str:
         for d in demos:
             text = " / ".join(v for k, v in d.items() if k != "label")
             lines.append(f"  worker {r} [{d['label']}] {text}")
-    fragments = summary.get("learned_fragments") or [summary["learned_fragment"]]
-    if len(set(fragments)) == 1:
-        lines += ["learned fragment:", f"  {fragments[0] or '(none)'}"]
-    else:
-        lines += ["learned fragments (per worker):"] + [f"  worker {r} {f or '(none)'}" for r, f in enumerate(fragments)]
-    lines += ["",
+    lines += ["learned fragment:", f"  {summary['learned_fragment'] or '(none)'}", "",
               f"{summary['llm_prompts']} prompts scored ({summary['cache_hits']} cache hits), "
               f"{summary['wall_seconds']:.0f} s; results in {summary['out']}"]
     return "\n".join(lines)

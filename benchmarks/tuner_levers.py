@@ -17,16 +17,16 @@ model gives, no fragment), so each lever costs seconds, not an LLM run:
   its train and validation batches together.
 
 The test examples never reach the tuner; they only score the prompt it delivers. Prints one
-JSON object: the table's facts (mean, best and quantiles of the test accuracy over every
-pair: what random ICL gets on average and what is there to find), and per lever setting the
-delivered prompt's test accuracy (mean and std over run seeds) and the prompts it scored.
+JSON object: the table's facts (the template alone's test accuracy; mean, best and
+quantiles of the test accuracy over every pair: what random ICL gets on average and what
+is there to find), and per lever setting the delivered prompt's test accuracy (mean and
+std over run seeds) and the queries it scored.
 
     python benchmarks/tuner_levers.py --task mr --pool 8 --out docs/tuner_levers_mr.json
 """
 
 from __future__ import annotations
 
-import functools
 import itertools
 import sys
 import time
@@ -94,7 +94,8 @@ def build_table(args):
             print(f"\rtable {n + 1}/{V * V} pairs ({time.perf_counter() - started:.0f} s)", end="", file=sys.stderr)
     if not args.json:
         print(file=sys.stderr)
-    return data, split, queries, losses, correct, feedback.prompts, time.perf_counter() - started
+    _, alone = feedback.host(np.full((1, 1, 1), -1), np.full((1, 1, 2), -1), queries[None])  # the template alone
+    return data, split, queries, losses, correct, alone[0, 0], feedback.prompts, time.perf_counter() - started
 
 
 def main():
@@ -108,7 +109,7 @@ def main():
     args = parse_args(__doc__.splitlines()[0], _args)
     if args.quick:
         args.pool, args.test, args.runs = 2, 4, 2
-    data, split, queries, losses, correct, table_prompts, table_seconds = build_table(args)
+    data, split, queries, losses, correct, alone, table_prompts, table_seconds = build_table(args)
     position = {int(e): i for i, e in enumerate(queries)}
     to_pos = np.vectorize(lambda e: position[int(e)])
     n_tr, n_va = len(split.train), len(split.validation)
@@ -172,6 +173,7 @@ def main():
         "empty_slot": args.empty_slot,
         "table": {"pairs": int(flat.size), "queries": int(len(queries)), "test_examples": int(len(test_pos)),
                   "prompts": int(table_prompts), "seconds": table_seconds,
+                  "template_alone_test_accuracy": float(alone[test_pos].mean()),
                   "random_pair_test_accuracy": float(flat.mean()), "best_pair_test_accuracy": float(flat.max()),
                   "test_accuracy_quantiles": {q: float(np.quantile(flat, float(q))) for q in ("0.1", "0.5", "0.9")}},
         "settings": rows,
