@@ -24,6 +24,7 @@ LEVELS = {  # (use_fragment, use_demos) each method tunes
     "bdpl": (True, False),
     "fedone": (True, False),
     "demos-only": (False, True),
+    "joint": (True, True),
 }
 
 
