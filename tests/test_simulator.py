@@ -124,6 +124,19 @@ class Killed(Exception):
     pass
 
 
+def dies_at(iteration: int):
+    """A progress ``status`` that kills the run during iteration ``iteration`` (1-based)."""
+    ticks = []
+
+    def status():
+        ticks.append(1)
+        if len(ticks) == iteration:
+            raise Killed
+        return ""
+
+    return status
+
+
 def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(task, tmp_path):
     """Checkpoint every 3 iterations, die during iteration 8, resume from the checkpoint of
     iteration 6: the final state (every array, the key), the clock, the history file and
@@ -132,17 +145,9 @@ def test_a_resumed_run_ends_exactly_like_an_uninterrupted_one(task, tmp_path):
 
     kw = dict(iterations=14, eval_every=4, delay="pareto:1.5+dropout:0.2:3")
     whole = run(task, checkpoint=str(tmp_path / "whole.npz"), history_path=str(tmp_path / "whole.jsonl"), **kw)
-    ticks = []
-
-    def die_at_8():
-        ticks.append(1)
-        if len(ticks) == 8:
-            raise Killed
-        return ""
-
     ck, hist = str(tmp_path / "ck.npz"), str(tmp_path / "ck.jsonl")
     with pytest.raises(Killed):
-        run(task, checkpoint=ck, checkpoint_every=3, history_path=hist, status=die_at_8, progress=True, **kw)
+        run(task, checkpoint=ck, checkpoint_every=3, history_path=hist, status=dies_at(8), progress=True, **kw)
     assert load_checkpoint(ck, whole.state)[1]["next_iteration"] == 6
     resumed = run(task, checkpoint=ck, checkpoint_every=3, history_path=hist, resume=True, **kw)
     for a, b in zip(jax.tree.leaves(whole.state), jax.tree.leaves(resumed.state)):
@@ -189,17 +194,9 @@ def test_keep_best_delivers_each_workers_best_validation_prompt_and_resumes_exac
     # some worker's best prompt came before the end (otherwise keeping the best changes nothing)
     assert (kept.iteration < 13).any()
 
-    ticks = []
-
-    def die_at_8():
-        ticks.append(1)
-        if len(ticks) == 8:
-            raise Killed
-        return ""
-
     ck = str(tmp_path / "ck.npz")
     with pytest.raises(Killed):
-        run(task, checkpoint=ck, checkpoint_every=3, status=die_at_8, progress=True, **kw)
+        run(task, checkpoint=ck, checkpoint_every=3, status=dies_at(8), progress=True, **kw)
     resumed = run(task, checkpoint=ck, checkpoint_every=3, resume=True, **kw)
     for name in ("fragment_words", "demos", "accuracy", "loss", "iteration"):
         np.testing.assert_array_equal(getattr(resumed.kept, name), getattr(kept, name))
