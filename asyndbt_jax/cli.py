@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .attacks import ATTACKS
-from .engine import AGGREGATORS
+from .engine import AGGREGATORS, GAPS
 
 
 def _info(_args) -> int:
@@ -195,7 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--samples", type=int, default=10, help="sampled configurations per estimate, I")
     sim.add_argument("--lr-fragment", type=float, default=0.01, help="Adam learning rate for the fragment p (paper: 1e-4 on a real LLM)")
     sim.add_argument("--lr-demos", type=float, default=0.05, help="Adam learning rate for the demonstrations q (paper: 1e-4)")
-    sim.add_argument("--gap", choices=["l2sq", "l1"], default="l2sq", help="lower-level gap norm of the cuts (spec default l1; measured worse)")
+    sim.add_argument("--gap", choices=list(GAPS), default="value",
+                     help="the cuts' lower-level gap: the value-function gap (default; its cuts carry the hypergradient on "
+                          "the demonstrations) or the argument-space l2sq / l1 gap per fragment row")
     sim.add_argument("--psi", type=float, default=1e-3, help="l1 consensus penalty psi (robust aggregation)")
     sim.add_argument("--alpha", type=float, default=1.0, help="Dirichlet alpha of the workers' query-type mixtures")
     sim.add_argument("--label-noise", type=float, default=0.05)

@@ -52,6 +52,8 @@ METHODS = ("asyndbt", "sync", "cendbt", "bdpl", "demos-only", "fedone", "joint")
 CENTRALISED = ("cendbt", "bdpl", "demos-only")  # one machine holding all data
 SERVER_RULES = ("primal_dual", "fedavg")
 AGGREGATORS = ("sign_consensus",) + tuple(agglib.RULES)
+GAPS = ("value",) + cutlib.NORMS  # the value-function gap, or an argument-space gap per fragment row
+VALUE_EPSILON = 0.01  # ε per worker of the value-function gap (nats of training loss)
 
 
 class AsynDBTConfig(NamedTuple):
@@ -80,11 +82,11 @@ class AsynDBTConfig(NamedTuple):
     lr_rho: float = 0.1  # η_ρ
     mu: float = 1.0
     psi: float = 1e-3
-    epsilon: float | None = None  # ε; None: 0.05·(R + 1) (the ℓ1 gap sums over R + 1 rows)
+    epsilon: float | None = None  # ε; None: value_epsilon·R for the value gap, 0.05·(R + 1) for the argument-space gaps
     gamma: float = 1e-3
     refresh_every: int = 10  # δ
     cut_capacity: int = 4
-    gap_norm: str = "l2sq"  # measured better than the spec's ℓ1 default (docs/algorithm.md)
+    gap_norm: str = "value"  # the value-function gap (cuts on q too: the hypergradient), or "l2sq"/"l1" (docs/algorithm.md)
     estimator: str = "exact"
     use_fragment: bool = True
     use_demos: bool = True
@@ -101,7 +103,11 @@ class AsynDBTConfig(NamedTuple):
         return self.lr_consensus if self.lr_consensus is not None else 1.0 / (self.num_workers * max(self.mu, 1e-12))
 
     def eps(self) -> float:
-        return self.epsilon if self.epsilon is not None else 0.05 * (self.num_workers + 1)
+        if self.epsilon is not None:
+            return self.epsilon
+        if self.gap_norm == "value":
+            return VALUE_EPSILON * self.num_workers  # nats of training loss per worker
+        return 0.05 * (self.num_workers + 1)
 
     def validate(self) -> "AsynDBTConfig":
         """Raise ``ValueError`` on any inconsistent setting (before anything compiles)."""
@@ -137,8 +143,8 @@ class AsynDBTConfig(NamedTuple):
             raise ValueError(f"lr_consensus must be finite and >= 0, got {self.lr_consensus!r}")
         if self.epsilon is not None and not (math.isfinite(self.epsilon) and self.epsilon > 0):
             raise ValueError(f"epsilon (ε) must be a finite positive number, got {self.epsilon!r}")
-        if self.gap_norm not in cutlib.NORMS:
-            raise ValueError(f"gap_norm must be one of {cutlib.NORMS}, got {self.gap_norm!r}")
+        if self.gap_norm not in GAPS:
+            raise ValueError(f"gap_norm must be one of {GAPS}, got {self.gap_norm!r}")
         if self.estimator not in ("exact", "negative"):
             raise ValueError(f"estimator must be 'exact' or 'negative', got {self.estimator!r}")
         if self.server_rule not in SERVER_RULES:
@@ -180,6 +186,7 @@ class ServerState(NamedTuple):
     duals: jax.Array  # ρ [R, M, N]
     cuts: cutlib.CutBuffer
     received: jax.Array  # latest p received from every worker [R, M, N]
+    demo_terms: jax.Array  # latest e_l^(v)ᵀ q^(v) received from every worker [R, C] (the cuts' q part)
     staleness: jax.Array  # int32 [R]: server iterations since the worker's last reply
     iteration: jax.Array  # int32
     rejected: jax.Array  # int32: messages rejected for NaN/Inf
@@ -204,6 +211,7 @@ class StepMetrics(NamedTuple):
     queries: jax.Array  # black-box queries made in this iteration
     refreshed: jax.Array
     active_cuts: jax.Array
+    added_cuts: jax.Array  # cuts the refresh of this iteration added (0 without one)
 
 
 class Data(NamedTuple):
@@ -359,8 +367,11 @@ def init_state(config: AsynDBTConfig, key: jax.Array) -> EngineState:
     server = ServerState(
         consensus=jnp.full((M, N), 1.0 / N),
         duals=jnp.zeros((R, M, N)),
-        cuts=cutlib.init_cuts(M, config.cut_capacity, R, N),
+        cuts=cutlib.init_cuts(
+            M, config.cut_capacity, R, N, demo_shape=(config.num_classes, config.num_candidates), per_row=config.gap_norm != "value"
+        ),
         received=jnp.copy(selection.fragment_probs),  # its own buffer: the state is donated
+        demo_terms=jnp.zeros((R, config.cut_capacity)),
         staleness=jnp.zeros((R,), jnp.int32),
         iteration=jnp.zeros((), jnp.int32),
         rejected=jnp.zeros((), jnp.int32),
@@ -390,9 +401,9 @@ def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, r
     """Every replied worker computes its next upper-level update (worker side).
 
     Samples ``I`` configurations, scores them on ``queries`` (validation batch), estimates
-    the fragment and demonstration gradients from the same losses, adds the cut force to
-    the fragment gradient and takes the projected Adam step. Workers not replied keep
-    their state.
+    the fragment and demonstration gradients from the same losses, adds the cut forces
+    ``force`` (``SelectionVariables``: ``Σ_l λ_l a_l^(v)`` on ``p``, ``Σ_l λ_l e_l^(v)`` on ``q``;
+    ``0.0`` for none) and takes the projected Adam step. Workers not replied keep their state.
 
     Args:
       rows: int ``[G]``: the arrays hold only workers ``rows`` of the ``R`` (leading axis
@@ -406,7 +417,7 @@ def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, r
     sampled = _scored_config(config, workers.selection, key, rows)
     losses = _scored_losses(config, feedback_fn, sampled, queries, k_poison, malicious, replied)  # [R, I]
     grads = _clip_per_worker(_masked_gradient(config, workers.selection, sampled, losses), config.max_norm)
-    grads = grads._replace(fragment_probs=grads.fragment_probs + force)
+    grads = jax.tree.map(jnp.add, grads, force) if isinstance(force, SelectionVariables) else grads
     opt = _optimizer(config)
     updates, opt_state = jax.vmap(opt.update)(grads, workers.opt_state, workers.selection)
     selection = optax.apply_updates(workers.selection, updates)
@@ -418,9 +429,19 @@ def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, r
     return new_workers, jnp.mean(losses, axis=-1)
 
 
-def lower_gradient(config, feedback_fn, demo_probs, fragment_probs, train_queries, key, malicious, rows=None):
-    """The workers' black-box gradient ``∇̂g`` of the training loss at ``fragment_probs``
-    (one primal-dual round's worker side), on their own training batches.
+class LowerEvaluation(NamedTuple):
+    """The workers' estimates of their training loss at ``(p, q)`` from one batch of queries:
+    ``grads`` (``SelectionVariables`` ``[R, ...]``), the mean ``loss [R]`` and ``demo_dot =
+    q^(v)ᵀ ∇̂_q g_v [R]`` (what a worker reports of ``q``)."""
+
+    grads: SelectionVariables
+    loss: jax.Array
+    demo_dot: jax.Array
+
+
+def lower_evaluation(config, feedback_fn, demo_probs, fragment_probs, train_queries, key, malicious, rows=None) -> LowerEvaluation:
+    """The workers' black-box estimates of the training loss at ``(p, q)``
+    (:class:`LowerEvaluation`), from one batch of queries on their own training batches.
 
     ``rows``: as in :func:`worker_reply` (a subset of the workers, drawing what they draw
     in the batched refresh)."""
@@ -428,7 +449,14 @@ def lower_gradient(config, feedback_fn, demo_probs, fragment_probs, train_querie
     k_poison = jax.random.fold_in(key, 1)
     sampled = _scored_config(config, selection, key, rows)
     losses = _scored_losses(config, feedback_fn, sampled, train_queries, k_poison, malicious)
-    return _masked_gradient(config, selection, sampled, losses).fragment_probs
+    grads = _masked_gradient(config, selection, sampled, losses)
+    return LowerEvaluation(grads, jnp.mean(losses, axis=-1), jnp.sum(grads.demo_probs * demo_probs, axis=(-2, -1)))
+
+
+def lower_gradient(config, feedback_fn, demo_probs, fragment_probs, train_queries, key, malicious, rows=None):
+    """The workers' black-box gradient ``∇̂g`` of the training loss at ``fragment_probs``
+    (one primal-dual round's worker side): :func:`lower_evaluation`'s fragment part."""
+    return lower_evaluation(config, feedback_fn, demo_probs, fragment_probs, train_queries, key, malicious, rows).grads.fragment_probs
 
 
 def _lower_level_gradient(config, feedback_fn, demo_probs, train_queries, malicious):
@@ -440,13 +468,73 @@ def _primal_dual_hp(config: AsynDBTConfig) -> PrimalDualHyperparams:
 
 
 def _refresh(config, feedback_fn, server: ServerState, demo_probs, train_queries, key, malicious):
-    """Recompute φ with K primal-dual rounds of all workers and add cuts where h > ε."""
+    """Recompute φ with K primal-dual rounds of all workers and add cuts where h > ε.
+
+    With the value-function gap the first round's estimates at the current point and one
+    more evaluation at ``φ`` (the same key: common random numbers) give the gap and the
+    cut's coefficients (:func:`value_cut_coefficients`); ``K + 1`` evaluations in all."""
     hp = _primal_dual_hp(config)
-    start = LowerLevelState(server.received, server.consensus, server.duals)
+    start = refresh_start(server)
     everyone = jnp.ones((config.num_workers,), bool)
     grad_fn = _lower_level_gradient(config, feedback_fn, demo_probs, train_queries, malicious)
-    phi = primal_dual_rounds(start, grad_fn, key, config.lower_rounds, everyone, hp, consensus_step(config))
-    return refresh_cuts(config, server, phi)
+    if config.gap_norm != "value":
+        phi = primal_dual_rounds(start, grad_fn, key, config.lower_rounds, everyone, hp, consensus_step(config))
+        return refresh_cuts(config, server, phi)
+    k_first, k_rest = jax.random.split(key)
+    at_point = lower_evaluation(config, feedback_fn, demo_probs, start.fragment_probs, train_queries, k_first, malicious)
+    phi = refresh_round(config, start, at_point.grads.fragment_probs, everyone)
+    if config.lower_rounds > 1:
+        phi = primal_dual_rounds(phi, grad_fn, k_rest, config.lower_rounds - 1, everyone, hp, consensus_step(config))
+    at_phi = lower_evaluation(config, feedback_fn, demo_probs, phi.fragment_probs, train_queries, k_first, malicious)
+    return refresh_value_cuts(config, server, start, phi, at_point, at_phi)
+
+
+def value_cut_coefficients(config: AsynDBTConfig, start: LowerLevelState, phi: LowerLevelState, at_point, at_phi):
+    """The value-function gap of the lower level and its gradient at the current point.
+
+    The lower level's objective is the augmented Lagrangian (ρ fixed at the refresh's start)
+
+        GP(p, z; q) = Σ_v [ g_v(p^(v); q^(v)) + ρ^(v)ᵀ(p^(v) − z) + (μ/2)||p^(v) − z||² + ψ||p^(v) − z||₁ ]
+
+    and the gap ``h = GP(p, z; q) − GP(φ; q)`` (``≥ 0`` up to noise when ``φ`` improves on the
+    point). By Danskin's theorem (``φ`` approximately minimises ``GP(·; q)``) its gradient is
+
+        a^(v) = ∇_p g_v(p^(v)) + ρ^(v) + μ(p^(v) − z) + ψ sign(p^(v) − z)
+        b     = −Σ_v [ ρ^(v) + μ(p^(v) − z) + ψ sign(p^(v) − z) ]
+        e^(v) = ∇_q g_v(p^(v); q^(v)) − ∇_q g_v(φ^(v); q^(v))          (the hypergradient part)
+
+    Args:
+      start: the point ``(p, z, ρ)``; phi: the lower-level estimate.
+      at_point, at_phi: :class:`LowerEvaluation` at ``p`` and at ``φ``'s ``p``.
+
+    Returns:
+      ``((a [R, M, N], b [M, N], e [R, U, V]), h_v [R], e^(v)ᵀq^(v) [R])``, ``b`` combined over
+      workers with :func:`worker_sum`.
+    """
+    hp = _primal_dual_hp(config)
+
+    def penalty(p, z):
+        d = p - z[None]
+        return jnp.sum(start.duals * d, (1, 2)) + 0.5 * hp.mu * jnp.sum(d**2, (1, 2)) + hp.psi * jnp.sum(jnp.abs(d), (1, 2))
+
+    gap = at_point.loss - at_phi.loss + penalty(start.fragment_probs, start.consensus) - penalty(phi.fragment_probs, phi.consensus)
+    d = start.fragment_probs - start.consensus[None]
+    pull = start.duals + hp.mu * d + hp.psi * jnp.sign(d)
+    a = at_point.grads.fragment_probs + pull
+    b = -worker_sum(config)(pull)
+    e = at_point.grads.demo_probs - at_phi.grads.demo_probs
+    return (a, b, e), gap, at_point.demo_dot - at_phi.demo_dot
+
+
+def refresh_value_cuts(config: AsynDBTConfig, server: ServerState, start, phi, at_point, at_phi) -> ServerState:
+    """Add a value-function cut where the gap exceeds ``ε`` (:func:`value_cut_coefficients`);
+    keep ``φ``'s duals. Every worker takes part in a refresh and so reports the new cut's
+    term ``e^(v)ᵀ q^(v)``."""
+    coef, gap, term = value_cut_coefficients(config, start, phi, at_point, at_phi)
+    cuts, _, put = cutlib.value_cut(
+        server.cuts, start.fragment_probs, start.consensus, coef, term, gap, config.eps(), combine=worker_sum(config)
+    )
+    return server._replace(cuts=cuts, duals=phi.duals, demo_terms=jnp.where(put[None, :], term[:, None], server.demo_terms))
 
 
 def refresh_start(server: ServerState) -> LowerLevelState:
@@ -475,9 +563,10 @@ def refresh_cuts(config: AsynDBTConfig, server: ServerState, phi: LowerLevelStat
     return server._replace(cuts=new_cuts, duals=phi.duals)
 
 
-def server_receive(config: AsynDBTConfig, server: ServerState, p, arrived) -> tuple[ServerState, jax.Array]:
-    """Steps 1–2 of a server iteration: accept the arrived messages ``p [R, M, N]`` (a
-    non-finite one is rejected and counted), then the server's ``z`` and cut-dual ``λ``
+def server_receive(config: AsynDBTConfig, server: ServerState, p, arrived, demo_terms=None) -> tuple[ServerState, jax.Array]:
+    """Steps 1–2 of a server iteration: accept the arrived messages ``p [R, M, N]`` and
+    ``demo_terms [R, C]`` (every worker's ``e_l^(v)ᵀ q^(v)``; ``None``: keep the latest; a
+    non-finite message is rejected and counted), then the server's ``z`` and cut-dual ``λ``
     updates over every worker's latest copy (the upper level's server side).
 
     Returns:
@@ -488,6 +577,7 @@ def server_receive(config: AsynDBTConfig, server: ServerState, p, arrived) -> tu
     accepted = arrived & finite
     num_rejected = jnp.sum(arrived & ~finite)
     received = jnp.where(accepted[:, None, None], p, server.received)
+    terms = server.demo_terms if demo_terms is None else jnp.where(accepted[:, None], demo_terms, server.demo_terms)
     z = server.consensus
     if config.use_fragment and config.server_rule == "fedavg":
         weight = accepted.astype(z.dtype)[:, None, None]
@@ -495,15 +585,17 @@ def server_receive(config: AsynDBTConfig, server: ServerState, p, arrived) -> tu
         z = jnp.where(jnp.any(accepted), mean, z)
         cuts = server.cuts
     elif config.use_fragment:
-        _, cut_force_z = cutlib.cut_force(server.cuts)
+        cut_force_z = cutlib.cut_force(server.cuts).consensus
         everyone = jnp.ones((R,), bool)  # every worker's latest copy counts
         z = consensus_step(config)(z, received, server.duals, everyone, _primal_dual_hp(config), cut_force_z)
         before = server.cuts.duals
-        cuts = cutlib.dual_ascent(server.cuts, received, z, config.lr_dual, config.dual_reg, combine=worker_sum(config))
+        cuts = cutlib.dual_ascent(
+            server.cuts, received, z, config.lr_dual, config.dual_reg, combine=worker_sum(config), demo_terms=terms
+        )
         cuts = cutlib.drop_cuts(cuts, before, config.gamma)
     else:
         cuts = server.cuts
-    return server._replace(consensus=z, cuts=cuts, received=received), num_rejected
+    return server._replace(consensus=z, cuts=cuts, received=received, demo_terms=terms), num_rejected
 
 
 def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineState, arrived, data: Data, refresh=None):
@@ -530,13 +622,14 @@ def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineSta
     data = _poisoned_data(config, data, malicious)
     p = _sent_messages(config, workers.selection.fragment_probs, server.consensus, k_attack, malicious)
 
-    # 1–2. Accept the messages, update z and λ.
-    server, num_rejected = server_receive(config, server, p, arrived)
+    # 1–2. Accept the messages (p and the workers' e_lᵀq), update z and λ.
+    server, num_rejected = server_receive(config, server, p, arrived, cutlib.demo_terms(server.cuts, workers.selection.demo_probs))
     z = server.consensus
 
     # 3. Refresh the polyhedron every δ iterations.
     refreshed = jnp.asarray(False)
     refresh_queries = jnp.zeros((), jnp.int32)
+    before = server.cuts
     if config.bilevel and config.use_fragment:
         refreshed = (server.iteration % config.refresh_every) == 0 if refresh is None else jnp.asarray(refresh, bool)
         server = jax.lax.cond(
@@ -546,14 +639,15 @@ def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineSta
             server,
         )
         train_batch = jax.tree.leaves(data.train)[0].shape[-1]
-        refresh_queries = jnp.where(refreshed, config.lower_rounds * R * config.num_samples * train_batch, 0)
+        evaluations = config.lower_rounds + (config.gap_norm == "value")
+        refresh_queries = jnp.where(refreshed, evaluations * R * config.num_samples * train_batch, 0)
 
     # 4. Reply to the arrived workers; they compute their next update.
     if config.server_rule == "fedavg" and config.use_fragment:
         # FedAvg: the replied workers start from the broadcast global fragment (their Adam state is kept).
         broadcast = jnp.where(arrived[:, None, None], z[None], workers.selection.fragment_probs)
         workers = workers._replace(selection=workers.selection._replace(fragment_probs=broadcast))
-    force = cutlib.cut_force(server.cuts)[0] if config.bilevel and config.use_fragment else 0.0
+    force = cut_forces(config, server.cuts)
     workers, losses = worker_reply(config, feedback_fn, workers, force, arrived, data.validation, k_reply, malicious)
 
     val_batch = jax.tree.leaves(data.validation)[0].shape[-1]
@@ -566,11 +660,27 @@ def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineSta
         queries=jnp.sum(arrived) * config.num_samples * val_batch + refresh_queries,
         refreshed=refreshed,
         active_cuts=jnp.sum(server.cuts.active),
+        added_cuts=added_cuts(before, server.cuts),
     )
     server = server._replace(
         staleness=staleness, iteration=server.iteration + 1, rejected=server.rejected + num_rejected
     )
     return EngineState(workers, server, key, malicious), metrics
+
+
+def added_cuts(before: cutlib.CutBuffer, after: cutlib.CutBuffer) -> jax.Array:
+    """How many cut slots a refresh wrote (a new cut, or one that replaced a full row's weakest)."""
+    return jnp.sum(after.active & (~before.active | (after.offset != before.offset)))
+
+
+def cut_forces(config: AsynDBTConfig, cuts: cutlib.CutBuffer):
+    """The cut forces on every worker's variables (``SelectionVariables``: ``Σ_l λ_l a_l^(v)``
+    on ``p``, ``Σ_l λ_l e_l^(v)`` on ``q``), or ``0.0`` without a lower level."""
+    if not (config.bilevel and config.use_fragment):
+        return 0.0
+    force = cutlib.cut_force(cuts)
+    demos = force.demos if config.use_demos else jnp.zeros_like(force.demos)
+    return SelectionVariables(force.fragment, demos)
 
 
 def decoded_prompts(config: AsynDBTConfig, state: EngineState) -> Configuration:

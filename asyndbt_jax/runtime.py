@@ -10,10 +10,14 @@ one or several machines (``runtime="ray"``, :mod:`asyndbt_jax.runtime_ray`):
   exactly what row ``i`` draws in the simulator's batched step);
 * the server loop holds ``z``, ``ρ``, the cuts and the staleness counters and calls
   :func:`~asyndbt_jax.engine.server_receive`, :func:`~asyndbt_jax.engine.refresh_round` and
-  :func:`~asyndbt_jax.engine.refresh_cuts`;
-* messages carry numbers only: the server sends a worker its cut force ``[M, N]`` (and
-  ``z`` for FedAvg), a PRNG key as ``uint32`` data and its index; a worker sends back its
-  ``p [M, N]`` and its mean loss. Never an example, never text.
+  :func:`~asyndbt_jax.engine.refresh_cuts` (or, for the value-function gap,
+  :func:`~asyndbt_jax.engine.refresh_value_cuts`);
+* messages carry numbers only: the server sends a worker its cut forces on ``p [M, N]`` and
+  ``q [U, V]``, its cuts' coefficients on ``q`` ``[C, U, V]`` (and ``z`` for FedAvg) and a
+  PRNG key as ``uint32`` data; a worker sends back its ``p [M, N]``, its mean loss and its
+  cuts' terms ``e_lᵀq [C]``. Never an example, never text, never ``q``. A term of a cut that a
+  refresh replaced after the request was sent is ignored: the refresh asked every worker
+  for its terms already.
 
 Asynchrony has the simulator's semantics: the server proceeds once at least ``S`` messages
 wait and no live worker is more than ``τ`` iterations stale (it blocks on one that would
@@ -57,15 +61,21 @@ from .engine import (
     EngineState,
     ServerState,
     WorkerState,
+    LowerEvaluation,
+    added_cuts,
+    cut_forces,
     init_state,
+    lower_evaluation,
     lower_gradient,
     prompts_of,
     refresh_cuts,
     refresh_round,
     refresh_start,
+    refresh_value_cuts,
     server_receive,
     worker_reply,
 )
+from .selection import SelectionVariables
 from .selection import Configuration
 from .simulator import DelayModel, check_run_args, resume_from, save_checkpoint
 
@@ -82,11 +92,23 @@ class WorkerLost(RuntimeError):
 
 
 @partial(jax.jit, static_argnums=(0, 1))
-def _worker_update(config: AsynDBTConfig, feedback_fn, workers: WorkerState, force, broadcast, queries, key, rows):
+def _worker_update(config: AsynDBTConfig, feedback_fn, workers: WorkerState, force, broadcast, demo_coef, queries, key, rows):
     if config.server_rule == "fedavg" and config.use_fragment:
         workers = workers._replace(selection=workers.selection._replace(fragment_probs=broadcast))
     G = rows.shape[0]
-    return worker_reply(config, feedback_fn, workers, force, jnp.ones((G,), bool), queries, key, jnp.zeros((G,), bool), rows)
+    new, loss = worker_reply(config, feedback_fn, workers, force, jnp.ones((G,), bool), queries, key, jnp.zeros((G,), bool), rows)
+    return new, loss, _terms(demo_coef, new.selection.demo_probs)
+
+
+def _terms(demo_coef, demo_probs):
+    """``e_lᵀq`` of every cut ``[G, C]`` from the coefficients ``[G, C, U, V]``."""
+    return jnp.sum(demo_coef * demo_probs[:, None], axis=(-2, -1))
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _worker_evaluation(config: AsynDBTConfig, feedback_fn, demo_probs, fragment_probs, queries, key, rows):
+    G = rows.shape[0]
+    return lower_evaluation(config, feedback_fn, demo_probs, fragment_probs, queries, key, jnp.zeros((G,), bool), rows)
 
 
 @partial(jax.jit, static_argnums=(0, 1))
@@ -145,18 +167,35 @@ class Worker:
         if self.stopped:
             raise WorkerLost(f"worker {self.index} was stopped")
 
-    def update(self, force, broadcast, key_data) -> tuple[np.ndarray, float]:
+    def update(self, force_fragment, force_demos, broadcast, demo_coef, key_data) -> tuple[np.ndarray, float, np.ndarray]:
         """Compute the next upper-level update from the server's reply (the upper level's worker
-        side); returns ``(p [M, N], mean loss)``."""
+        side): the cut forces on ``p [M, N]`` and ``q [U, V]``, ``z`` (FedAvg), this worker's
+        cut coefficients on ``q`` ``[C, U, V]``. Returns ``(p [M, N], mean loss, e_lᵀq [C])``."""
         self._check()
         if self.delay is not None and self.delay_seconds > 0:
             d, _ = self.delay.sample(self.rng, self.rows, allow_dropout=False)
             time.sleep(float(d[0]) * self.delay_seconds)
-        new, loss = _worker_update(self.config, self.feedback_fn, self.workers, np.asarray(force)[None],
-                                   np.asarray(broadcast)[None], self.data.validation, _key(key_data), self.rows)
+        force = SelectionVariables(np.asarray(force_fragment)[None], np.asarray(force_demos)[None])
+        new, loss, terms = _worker_update(self.config, self.feedback_fn, self.workers, force, np.asarray(broadcast)[None],
+                                          np.asarray(demo_coef)[None], self.data.validation, _key(key_data), self.rows)
         self._check()
         self.workers = new
-        return np.asarray(new.selection.fragment_probs[0]), float(loss[0])
+        return np.asarray(new.selection.fragment_probs[0]), float(loss[0]), np.asarray(terms[0])
+
+    def evaluation(self, fragment_probs, key_data) -> tuple[np.ndarray, np.ndarray, float, float]:
+        """The training-loss estimates at ``fragment_probs`` and this worker's ``q`` (a
+        value-gap refresh): the gradients on ``p [M, N]`` and ``q [U, V]``, the mean loss and
+        ``qᵀ∇̂_q g``."""
+        self._check()
+        out = _worker_evaluation(self.config, self.feedback_fn, self.workers.selection.demo_probs,
+                                 np.asarray(fragment_probs)[None], self.data.train, _key(key_data), self.rows)
+        return (np.asarray(out.grads.fragment_probs[0]), np.asarray(out.grads.demo_probs[0]), float(out.loss[0]),
+                float(out.demo_dot[0]))
+
+    def terms(self, demo_coef) -> np.ndarray:
+        """``e_lᵀq [C]`` of this worker's ``q`` for its cut coefficients ``[C, U, V]``."""
+        self._check()
+        return np.asarray(_terms(np.asarray(demo_coef)[None], self.workers.selection.demo_probs)[0])
 
     def gradient(self, fragment_probs, key_data) -> np.ndarray:
         """The lower-level gradient ``∇̂g [M, N]`` at ``fragment_probs`` on the training batch
@@ -348,12 +387,18 @@ def run_runtime(
     known = jax.device_get(state.workers)  # the latest variables of every worker the server has seen
     bilevel = bool(config.bilevel and config.use_fragment)
     M, N = config.num_fragment_words, config.vocab_size
+    grad_q_shape = (config.num_classes, config.num_candidates)
     val_batch = jax.tree.leaves(data.validation)[0].shape[-1]
     train_batch = jax.tree.leaves(data.train)[0].shape[-1]
     receive = jax.jit(server_receive, static_argnums=0)
     one_round = jax.jit(refresh_round, static_argnums=0)
     add_cuts = jax.jit(refresh_cuts, static_argnums=0)
-    force_of = jax.jit(lambda cuts: cutlib.cut_force(cuts)[0])
+    forces_of = jax.jit(cut_forces, static_argnums=0)
+    value_cuts = jax.jit(refresh_value_cuts, static_argnums=0)
+    value_gap = bilevel and config.gap_norm == "value"
+    C = config.cut_capacity
+    slot_written = np.full(C, -1, np.int64)  # the refresh count at which each cut slot was last written
+    num_refreshes = 0
 
     book = _Book(R)
     if saved_book is not None:
@@ -362,7 +407,8 @@ def run_runtime(
     driver = _driver(runtime, config, make_feedback, data, test_queries, state, ray_address, actors,
                      delay=delay, delay_seconds=delay_seconds, seed=seed)
     inflight: dict[int, tuple[Any, float]] = {}  # worker -> (handle, submitted at)
-    ready: dict[int, tuple[np.ndarray, float]] = {}  # worker -> (p, loss): arrived, not yet processed
+    sent_at: dict[int, int] = {}  # worker -> the refresh count when its request in flight was sent
+    ready: dict[int, tuple] = {}  # worker -> (p, loss, e_lᵀq, sent at): arrived, not yet processed
     retry: set[int] = set()  # workers that raised: sent the current state at the next iteration
     val_acc = test_acc = float("nan")
     sink = open(history_path, "w") if history_path else None
@@ -395,11 +441,11 @@ def run_runtime(
             i = waiting[h]
             del handles[i]
             try:
-                p, loss = driver.result(h)
+                p, loss, terms = driver.result(h)
             except Exception as error:  # noqa: BLE001 - any worker failure is handled the same way
                 fail(i, f"{type(error).__name__}: {error}", error)
                 continue
-            ready[i] = (np.asarray(p), loss)
+            ready[i] = (np.asarray(p), loss, np.asarray(terms), sent_at.get(i, -1))
             book.live[i] = True
             book.failures[i] = 0
         if timeout is not None:
@@ -422,6 +468,18 @@ def run_runtime(
             except Exception as error:  # noqa: BLE001
                 fail(i, f"{method}: {type(error).__name__}: {error}", None if isinstance(error, TimeoutError) else error)
         return answers
+
+    def gather_rows(method: str, args_of: Callable[[int], tuple], shapes: list[tuple]) -> tuple[np.ndarray, list]:
+        """:func:`gather` of per-worker answers into arrays ``[R, *shape]`` (zero where a
+        worker failed) and the mask of the workers that answered."""
+        answers = gather(method, args_of, book.live)
+        out = [np.zeros((R,) + s, np.float32) for s in shapes]
+        mask = np.zeros(R, bool)
+        for i, answer in answers.items():
+            mask[i] = True
+            for o, a in zip(out, answer if len(shapes) > 1 else (answer,)):
+                o[i] = a
+        return mask, out
 
     def evaluate(on_test: bool) -> float:
         z = np.asarray(server.consensus)
@@ -466,39 +524,70 @@ def run_runtime(
                 arrived = np.zeros(R, bool)
                 arrived[list(ready)] = True
                 p = np.asarray(server.received).copy()
+                terms = np.asarray(server.demo_terms).copy()
                 losses = np.zeros(R)
-                for i, (msg, loss) in ready.items():
+                for i, (msg, loss, msg_terms, stamp) in ready.items():
                     p[i], losses[i] = msg, loss
+                    current = slot_written <= stamp  # a slot a refresh rewrote since the request: the refresh's term stands
+                    terms[i, current] = msg_terms[current]
                 ready.clear()
             num_arrived = int(arrived.sum())
             # the arrived messages' losses (from replies of earlier iterations; none at a (re)start)
             mean_loss = float(losses[arrived].mean()) if it > first and num_arrived else None
             key, k_refresh, k_reply = jax.random.split(key, 3)
-            server, num_rejected = receive(config, server, jnp.asarray(p, server.received.dtype), jnp.asarray(arrived))
+            server, num_rejected = receive(config, server, jnp.asarray(p, server.received.dtype), jnp.asarray(arrived),
+                                           None if it == first else jnp.asarray(terms, server.demo_terms.dtype))
             queries = 0
             refreshed = bilevel and it % config.refresh_every == 0
+            cuts_before, added = server.cuts, 0
             if refreshed:
-                lower = refresh_start(server)
-                for round_key in jax.random.split(k_refresh, config.lower_rounds):
+                lower = start = refresh_start(server)
+                round_keys = list(jax.random.split(k_refresh, config.lower_rounds))
+                if value_gap:  # the first round's estimates at the point, then K − 1 rounds, then one at φ
+                    k_first, k_rest = jax.random.split(k_refresh)
+                    round_keys = [k_first] + (list(jax.random.split(k_rest, config.lower_rounds - 1)) if config.lower_rounds > 1 else [])
+                evaluations = []
+                for r, round_key in enumerate(round_keys):
                     kd = np.asarray(jax.random.key_data(round_key))
                     current = np.asarray(lower.fragment_probs)
-                    grads = gather("gradient", lambda i, p_=current, k_=kd: (p_[i], k_), book.live)
-                    grad = np.zeros((R, M, N), current.dtype)
-                    mask = np.zeros(R, bool)
-                    for i, g in grads.items():
-                        grad[i], mask[i] = g, True
+                    if value_gap and r == 0:
+                        mask, (grad, grad_q, loss, dot) = gather_rows("evaluation", lambda i, p_=current, k_=kd: (p_[i], k_),
+                                                                      [(M, N), grad_q_shape, (), ()])
+                        evaluations.append(LowerEvaluation(SelectionVariables(grad, grad_q), loss, dot))
+                    else:
+                        mask, (grad,) = gather_rows("gradient", lambda i, p_=current, k_=kd: (p_[i], k_), [(M, N)])
                     lower = one_round(config, lower, jnp.asarray(grad), jnp.asarray(mask))
-                    queries += len(grads) * config.num_samples * train_batch
-                server = add_cuts(config, server, lower)
+                    queries += int(mask.sum()) * config.num_samples * train_batch
+                if value_gap:
+                    kd = np.asarray(jax.random.key_data(round_keys[0]))  # the same draws as at the point
+                    current = np.asarray(lower.fragment_probs)
+                    mask, (grad, grad_q, loss, dot) = gather_rows("evaluation", lambda i, p_=current, k_=kd: (p_[i], k_),
+                                                                  [(M, N), grad_q_shape, (), ()])
+                    evaluations.append(LowerEvaluation(SelectionVariables(grad, grad_q), loss, dot))
+                    queries += int(mask.sum()) * config.num_samples * train_batch
+                    before = np.asarray(server.cuts.offset), np.asarray(server.cuts.active)
+                    server = value_cuts(config, server, start, lower, *evaluations)
+                    num_refreshes += 1
+                    written = np.any((np.asarray(server.cuts.offset) != before[0]) | (np.asarray(server.cuts.active) & ~before[1]), 0)
+                    slot_written[written] = num_refreshes
+                else:
+                    server = add_cuts(config, server, lower)
+                added = int(added_cuts(cuts_before, server.cuts))
             # reply to the arrived workers (and send workers that raised the current state again)
-            force = np.asarray(force_of(server.cuts)) if bilevel else np.zeros((R, M, N), np.float32)
+            forces = forces_of(config, server.cuts)
+            if isinstance(forces, SelectionVariables):
+                force, force_q = np.asarray(forces.fragment_probs), np.asarray(forces.demo_probs)
+            else:
+                force, force_q = np.zeros((R, M, N), np.float32), np.zeros((R,) + grad_q_shape, np.float32)
+            demo_coef = np.stack([np.asarray(e) for e in server.cuts.demo_coef], axis=1)  # [R, C, U, V]
             z = np.asarray(server.consensus)
             kd = np.asarray(jax.random.key_data(k_reply))
             replied = arrived | np.isin(np.arange(R), list(retry))
             for i in np.flatnonzero(replied):
                 if book.failures[i] >= max_failures:
                     continue
-                inflight[i] = (driver.submit(i, "update", force[i], z, kd), time.perf_counter())
+                sent_at[i] = num_refreshes
+                inflight[i] = (driver.submit(i, "update", force[i], force_q[i], z, demo_coef[i], kd), time.perf_counter())
                 book.live[i] = True
                 queries += config.num_samples * val_batch
             retry.clear()
@@ -518,6 +607,7 @@ def run_runtime(
                 "queries": queries,
                 "refreshed": refreshed,
                 "active_cuts": int(jnp.sum(server.cuts.active)),
+                "added_cuts": added,
             }
             last = it == iterations - 1
             if it % eval_every == 0 and it > 0 or last:

@@ -422,6 +422,7 @@ def simulate(
                 "queries": int(m.queries),
                 "refreshed": bool(m.refreshed),
                 "active_cuts": int(m.active_cuts),
+                "added_cuts": int(m.added_cuts),
             }
             stopped = it < iterations - 1 and stop is not None and bool(stop())
             if stopped:

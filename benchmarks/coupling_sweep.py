@@ -53,7 +53,7 @@ def main() -> None:
         started = time.perf_counter()
         for _ in range(iterations):
             state, metrics = step(config, feedback, state, jnp.ones(workers, bool), data)
-        force, _ = cutlib.cut_force(state.server.cuts)
+        force = cutlib.cut_force(state.server.cuts).fragment
         p = state.workers.selection.fragment_probs
         results[name] = {
             "test_accuracy": float(jnp.mean(evaluate_jit(config, feedback, state, task.test))),

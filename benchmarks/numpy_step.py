@@ -3,11 +3,14 @@
 A Python loop over workers (as a plain federated simulation would do), each worker's
 maths vectorised with NumPy (float64).
 
-The reference for ``asyndbt_jax.engine.server_step`` on an iteration without a polyhedron
-refresh (the common case): accept messages, server z/λ update, cut drop, then every
-arrived worker samples, queries the planted oracle, estimates, clips, adds the cut force
-and takes a projected Adam step. It consumes the same random uniforms as the JAX step
-(drawn with the same keys), so the same seed gives the same result up to float rounding.
+The reference for ``asyndbt_jax.engine.server_step``: accept messages (``p`` and the
+workers' cut terms ``e_lᵀq``), server z/λ update, cut drop; every ``δ`` iterations a
+polyhedron refresh with the value-function gap (``K`` primal-dual rounds on the training
+batches, the evaluations at the point and at ``φ``, a new cut with coefficients on ``p``, ``z``
+and ``q``); then every arrived worker samples, queries the planted oracle, estimates, clips,
+adds the cut forces on ``p`` and ``q`` and takes a projected Adam step. It consumes the same
+random uniforms as the JAX step (drawn with the same keys), so the same seed gives the same
+result up to float rounding.
 Used by ``benchmarks/core_step.py`` (speed baseline) and ``tests/test_core_step.py``.
 """
 
@@ -40,9 +43,11 @@ class NumpyState:
     rho: np.ndarray
     cut_a: np.ndarray  # [R, M, C, N]
     cut_b: np.ndarray  # [M, C, N]
-    cut_c: np.ndarray  # [M, C]
+    cut_e: np.ndarray  # [R, C, U, V]
+    cut_c: np.ndarray  # [H, C]: H = M (a cut set per fragment row) or 1 (one set, the value-function gap)
     cut_active: np.ndarray
     cut_lambda: np.ndarray
+    demo_terms: np.ndarray  # [R, C] the latest e_lᵀq every worker reported
     received: np.ndarray
     staleness: np.ndarray
     iteration: int
@@ -64,9 +69,11 @@ def from_engine(state) -> NumpyState:
         rho=f(s.duals),
         cut_a=np.stack([f(a) for a in s.cuts.worker_coef], axis=2),  # C slots [R, M, N] -> [R, M, C, N]
         cut_b=f(s.cuts.consensus_coef),
+        cut_e=np.stack([f(e) for e in s.cuts.demo_coef], axis=1),  # C slots [R, U, V] -> [R, C, U, V]
         cut_c=f(s.cuts.offset),
         cut_active=np.array(s.cuts.active),
         cut_lambda=f(s.cuts.duals),
+        demo_terms=f(s.demo_terms),
         received=f(s.received),
         staleness=np.array(s.staleness),
         iteration=int(s.iteration),
@@ -122,39 +129,128 @@ def adam(param, grad, moments, t, lr, b1=0.9, b2=0.999, eps=1e-8):
     return project(param + step), [mu, nu]
 
 
-def numpy_server_step(config, oracle, st: NumpyState, arrived, validation, key):
-    """One non-refresh iteration of ``server_step`` with Python loops over workers."""
-    R, M = st.p.shape[:2]
-    key, _k_refresh, k_reply = jax.random.split(key, 3)
-    k_frag, k_demo = jax.random.split(k_reply)
-    I = config.num_samples
-    u_frag = np.asarray(jax.random.uniform(k_frag, (R, M, I)), np.float64)
-    u_demo = np.asarray(jax.random.uniform(k_demo, (R, st.q.shape[1], I)), np.float64)
+def _uniforms(key, R, M, U, I):
+    """The uniforms ``sample_configurations`` draws from ``key``: fragment ``[R, M, I]``, demonstrations ``[R, U, I]``."""
+    k_frag, k_demo = jax.random.split(key)
+    return (np.asarray(jax.random.uniform(k_frag, (R, M, I)), np.float64),
+            np.asarray(jax.random.uniform(k_demo, (R, U, I)), np.float64))
 
-    # 1. accept
+
+def _losses(oracle, queries, v, demos, words):
+    fields = (queries.query_type, queries.label, queries.clean_label, queries.difficulty)
+    return oracle_losses(oracle, demos, words, *(np.asarray(x[v]) for x in fields)).mean(-1)
+
+
+def _evaluation(oracle, p_v, q_v, train, v, u_frag, u_demo):
+    """One worker's training-loss estimates at ``(p, q)``: gradients on both and the mean loss."""
+    words, demos = draw(p_v, u_frag[v]), draw(q_v, u_demo[v])
+    losses = _losses(oracle, train, v, demos, words)
+    return policy_gradient(p_v, words, losses), policy_gradient(q_v, demos, losses), losses.mean()
+
+
+def _lower_round(config, st, p, z, rho, grads):
+    """One primal-dual round of every worker (worker step, server ψ-sign z step, dual step)."""
+    R = p.shape[0]
+    for v in range(R):
+        d = p[v] - z
+        p[v] = project(p[v] - config.lower_lr * (grads[v] + rho[v] + config.mu * d + config.psi * np.sign(d)))
+    agg = np.zeros_like(z)
+    for v in range(R):
+        d = z - p[v]
+        agg += -rho[v] + config.mu * d + config.psi * np.sign(d)
+    z = project(z - config.eta_consensus() * agg)
+    for v in range(R):
+        rho[v] = rho[v] + config.lr_rho * (p[v] - z)
+    return p, z, rho
+
+
+def numpy_refresh(config, oracle, st: NumpyState, train, key):
+    """A polyhedron refresh with the value-function gap, worker by worker."""
+    R, M = st.p.shape[:2]
+    U, I = st.q.shape[1], config.num_samples
+    k_first, k_rest = jax.random.split(key)
+    p0, z0, rho0 = st.received.copy(), st.z.copy(), st.rho.copy()
+    u_first = _uniforms(k_first, R, M, U, I)
+    at_point = [_evaluation(oracle, p0[v], st.q[v], train, v, *u_first) for v in range(R)]
+    p, z, rho = _lower_round(config, st, p0.copy(), z0.copy(), rho0.copy(), [g[0] for g in at_point])
+    for round_key in (jax.random.split(k_rest, config.lower_rounds - 1) if config.lower_rounds > 1 else []):
+        u = _uniforms(round_key, R, M, U, I)
+        p, z, rho = _lower_round(config, st, p, z, rho, [_evaluation(oracle, p[v], st.q[v], train, v, *u)[0] for v in range(R)])
+    at_phi = [_evaluation(oracle, p[v], st.q[v], train, v, *u_first) for v in range(R)]
+
+    def penalty(pv, zz, v):
+        d = pv - zz
+        return np.sum(rho0[v] * d) + 0.5 * config.mu * np.sum(d**2) + config.psi * np.sum(np.abs(d))
+
+    h = sum(at_point[v][2] - at_phi[v][2] + penalty(p0[v], z0, v) - penalty(p[v], z, v) for v in range(R))
+    pull = [rho0[v] + config.mu * (p0[v] - z0) + config.psi * np.sign(p0[v] - z0) for v in range(R)]
+    a = [at_point[v][0] + pull[v] for v in range(R)]
+    b = -sum(pull)
+    e = [at_point[v][1] - at_phi[v][1] for v in range(R)]
+    terms = [float(np.sum(e[v] * st.q[v])) for v in range(R)]
+    eps = config.eps()
+    if h > eps:
+        score = np.where(st.cut_active[0], st.cut_lambda[0], -np.inf)
+        slot = int(np.argmin(score))
+        st.cut_c[0, slot] = h - sum(np.sum(a[v] * p0[v]) + terms[v] for v in range(R)) - np.sum(b * z0) - eps
+        for v in range(R):
+            st.cut_a[v, :, slot] = a[v]
+            st.cut_e[v, slot] = e[v]
+            st.demo_terms[v, slot] = terms[v]
+        st.cut_b[:, slot] = b
+        st.cut_active[0, slot] = True
+        st.cut_lambda[0, slot] = 0.0
+    st.rho = rho
+    return st
+
+
+def _values(st):
+    """Every cut's value over the server's latest copies ``[H, C]`` (0 where inactive)."""
+    if st.cut_c.shape[0] == 1:  # one set of cuts over every row, with the workers' demonstration terms
+        values = (np.einsum("rmcn,rmn->c", st.cut_a, st.received) + st.demo_terms.sum(0) + np.einsum("mcn,mn->c", st.cut_b, st.z))[None]
+    else:
+        values = np.einsum("rmcn,rmn->mc", st.cut_a, st.received) + np.einsum("mcn,mn->mc", st.cut_b, st.z)
+    return np.where(st.cut_active, values + st.cut_c, 0.0)
+
+
+def numpy_server_step(config, oracle, st: NumpyState, arrived, validation, key, train=None):
+    """One iteration of ``server_step`` with Python loops over workers (``train``: the training
+    batches, needed on a refresh iteration)."""
+    R, M = st.p.shape[:2]
+    key, k_refresh, k_reply = jax.random.split(key, 3)
+    I = config.num_samples
+    u_frag, u_demo = _uniforms(k_reply, R, M, st.q.shape[1], I)
+    global_cuts = st.cut_c.shape[0] == 1
+
+    # 1. accept p and the workers' e_lᵀq
     for v in range(R):
         if arrived[v]:
             if np.all(np.isfinite(st.p[v])):
                 st.received[v] = st.p[v]
+                st.demo_terms[v] = np.einsum("cuk,uk->c", st.cut_e[v], st.q[v])
             else:
                 st.rejected += 1
     # 2. server
     lam = np.where(st.cut_active, st.cut_lambda, 0.0)
-    force_z = np.einsum("mc,mcn->mn", lam, st.cut_b)
+    force_z = np.einsum("c,mcn->mn", lam[0], st.cut_b) if global_cuts else np.einsum("mc,mcn->mn", lam, st.cut_b)
     agg = np.zeros_like(st.z)
     for v in range(R):
         d = st.z - st.received[v]
         agg += -st.rho[v] + config.mu * d + config.psi * np.sign(d)
     eta_z = config.eta_consensus()
     st.z = project(st.z - eta_z * (force_z + agg))
-    values = np.einsum("rmcn,rmn->mc", st.cut_a, st.received) + np.einsum("mcn,mn->mc", st.cut_b, st.z) + st.cut_c
-    values = np.where(st.cut_active, values, 0.0)
+    values = _values(st)
     before = st.cut_lambda.copy()
     new = np.maximum(0.0, st.cut_lambda + config.lr_dual * (values - config.dual_reg * st.cut_lambda))
     st.cut_lambda = np.where(st.cut_active, new, 0.0)
     drop = st.cut_active & (before < config.gamma) & (st.cut_lambda < config.gamma)
     st.cut_active = st.cut_active & ~drop
     st.cut_lambda = np.where(drop, 0.0, st.cut_lambda)
+    # 3. refresh
+    if st.iteration % config.refresh_every == 0:
+        if not global_cuts:
+            raise NotImplementedError("the reference refreshes with the value-function gap only")
+        st = numpy_refresh(config, oracle, st, train, k_refresh)
     # 4. replies
     lam = np.where(st.cut_active, st.cut_lambda, 0.0)
     mean_losses = np.zeros(R)
@@ -163,16 +259,17 @@ def numpy_server_step(config, oracle, st: NumpyState, arrived, validation, key):
             continue
         words = draw(st.p[v], u_frag[v])
         demos = draw(st.q[v], u_demo[v])
-        losses = oracle_losses(
-            oracle, demos, words,
-            *(np.asarray(x[v]) for x in (validation.query_type, validation.label, validation.clean_label, validation.difficulty)),
-        ).mean(-1)
+        losses = _losses(oracle, validation, v, demos, words)
         g_p = policy_gradient(st.p[v], words, losses)
         g_q = policy_gradient(st.q[v], demos, losses)
         norm = np.sqrt((g_p**2).sum() + (g_q**2).sum())
         scale = min(1.0, config.max_norm / norm) if norm > 0 else 1.0
         g_p, g_q = g_p * scale, g_q * scale
-        g_p = g_p + np.einsum("mc,mcn->mn", lam, st.cut_a[v])
+        if global_cuts:
+            g_p = g_p + np.einsum("c,mcn->mn", lam[0], st.cut_a[v])
+            g_q = g_q + np.einsum("c,cuk->uk", lam[0], st.cut_e[v])
+        else:
+            g_p = g_p + np.einsum("mc,mcn->mn", lam, st.cut_a[v])
         st.count[v] += 1
         st.p[v], st.adam_p[v] = adam(st.p[v], g_p, st.adam_p[v], st.count[v], config.lr_fragment)
         st.q[v], st.adam_q[v] = adam(st.q[v], g_q, st.adam_q[v], st.count[v], config.lr_demos)
@@ -182,10 +279,11 @@ def numpy_server_step(config, oracle, st: NumpyState, arrived, validation, key):
     return st, key, mean_losses
 
 
-def make_case(num_workers, *, M=75, N=100, U=2, V=50, I=20, num_validation=20, capacity=4, seed=0, num_test=200):
-    """A planted task, an engine config and a state with a populated cut buffer (positive duals)
-    whose next iteration does not refresh: the setting both the parity test and
-    ``benchmarks/core_step.py`` use."""
+def make_case(num_workers, *, M=75, N=100, U=2, V=50, I=20, num_validation=20, capacity=4, seed=0, num_test=200, num_train=20):
+    """A planted task, an engine config (the default value-function gap) and a state with a
+    populated cut buffer (positive duals, coefficients on ``p``, ``z`` and ``q``) whose next
+    iteration does not refresh: the setting both the parity test and ``benchmarks/core_step.py``
+    use (the parity test steps on into a refresh)."""
     import jax.numpy as jnp
 
     from asyndbt_jax import cuts as cutlib
@@ -194,15 +292,15 @@ def make_case(num_workers, *, M=75, N=100, U=2, V=50, I=20, num_validation=20, c
 
     task = make_planted_task(
         jax.random.key(seed), num_workers=num_workers, num_fragment_words=M, vocab_size=N, num_classes=U,
-        num_candidates=V, num_validation=num_validation, num_test=num_test,
+        num_candidates=V, num_validation=num_validation, num_test=num_test, num_train=num_train,
     )
     config = method_config(
         "asyndbt", num_workers=num_workers, num_fragment_words=M, vocab_size=N, num_classes=U, num_candidates=V,
         num_active=max(1, num_workers // 2), max_staleness=4, num_samples=I, lr_fragment=0.05, lr_demos=0.05,
-        refresh_every=10, psi=0.01, cut_capacity=capacity, gap_norm="l2sq",
+        refresh_every=10, psi=0.01, cut_capacity=capacity,
     )
     state = init_state(config, jax.random.key(seed + 1))
-    k1, k2, k3 = jax.random.split(jax.random.key(seed + 2), 3)
+    k1, k2, k3, k4, k5 = jax.random.split(jax.random.key(seed + 2), 5)
 
     def uniform_simplex(key, shape):
         # Normalised Exp(1) draws are Dirichlet(1); jax.random.dirichlet's gamma sampler
@@ -211,10 +309,13 @@ def make_case(num_workers, *, M=75, N=100, U=2, V=50, I=20, num_validation=20, c
         return e / e.sum(-1, keepdims=True)
 
     p = uniform_simplex(k1, (num_workers, M))
-    cuts, _ = cutlib.add_cuts(
-        state.server.cuts, p, state.server.consensus, uniform_simplex(k2, (num_workers, M)),
-        uniform_simplex(k3, (M,)), 0.001, "l2sq",
-    )
+    q = state.workers.selection.demo_probs
+    coef = (0.1 * jax.random.normal(k2, (num_workers, M, N)), 0.1 * jax.random.normal(k3, (M, N)),
+            0.1 * jax.random.normal(k4, (num_workers, U, V)))
+    term = jnp.sum(coef[2] * q, axis=(1, 2))
+    gap = 0.01 + jax.random.uniform(k5, (num_workers,))
+    cuts, _, put = cutlib.value_cut(state.server.cuts, p, state.server.consensus, coef, term, gap, config.eps())
     cuts = cuts._replace(duals=jnp.where(cuts.active, 0.3, 0.0))
-    server = state.server._replace(cuts=cuts, received=p, iteration=jnp.asarray(1, jnp.int32))
+    terms = jnp.where(put[None, :], term[:, None], state.server.demo_terms)
+    server = state.server._replace(cuts=cuts, received=p, demo_terms=terms, iteration=jnp.asarray(1, jnp.int32))
     return task, config, state._replace(server=server)

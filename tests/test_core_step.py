@@ -24,18 +24,31 @@ def prepared(seed):
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_two_iterations_match_numpy_loop(seed):
+    """An ordinary iteration, then one that refreshes the polyhedron (K primal-dual rounds on
+    the training batches, the value-function cut with its coefficients on q), each equal to
+    the worker-by-worker NumPy reference."""
     task, config, state = prepared(seed)
+    config = config._replace(epsilon=1e-4)  # a gap the refresh's cut exceeds
+    state = state._replace(server=state.server._replace(iteration=jnp.asarray(config.refresh_every - 1, jnp.int32)))
     feedback = functools.partial(oracle_feedback, task.oracle)
     data = Data(task.train, task.validation)
     ref = numpy_step.from_engine(state)
     key = state.key
     step = jax.jit(server_step, static_argnums=(0, 1))
+    cuts_before = int(state.server.cuts.active.sum())
     for arrived in ([True, False, True, True, False], [False, True, True, False, True]):
-        state, _ = step(config, feedback, state, jnp.asarray(arrived), data)
-        ref, key, _ = numpy_step.numpy_server_step(config, task.oracle, ref, np.array(arrived), task.validation, key)
+        state, metrics = step(config, feedback, state, jnp.asarray(arrived), data)
+        ref, key, _ = numpy_step.numpy_server_step(config, task.oracle, ref, np.array(arrived), task.validation, key, task.train)
+    assert bool(metrics.refreshed)
+    assert int(state.server.cuts.active.sum()) > cuts_before  # the refresh added a cut (its gap exceeded ε)
     np.testing.assert_allclose(state.server.consensus, ref.z, atol=1e-5)
+    np.testing.assert_allclose(state.server.duals, ref.rho, atol=1e-5)
     np.testing.assert_allclose(state.server.cuts.duals, ref.cut_lambda, atol=1e-5)
     np.testing.assert_array_equal(state.server.cuts.active, ref.cut_active)
+    np.testing.assert_allclose(state.server.cuts.offset, ref.cut_c, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.stack(state.server.cuts.demo_coef, axis=1), ref.cut_e, atol=1e-4)
+    np.testing.assert_allclose(np.stack(state.server.cuts.worker_coef, axis=2), ref.cut_a, atol=1e-4)
+    np.testing.assert_allclose(state.server.demo_terms, ref.demo_terms, atol=1e-4)
     np.testing.assert_allclose(state.workers.selection.fragment_probs, ref.p, atol=1e-5)
     np.testing.assert_allclose(state.workers.selection.demo_probs, ref.q, atol=1e-5)
     np.testing.assert_array_equal(state.server.staleness, ref.staleness)

@@ -5,8 +5,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from asyndbt_jax.engine import Data, init_state, malicious_mask, method_config, server_step
+from asyndbt_jax import aggregators as agglib
+from asyndbt_jax.cuts import cut_force
+from asyndbt_jax.engine import Data, init_state, malicious_mask, method_config, server_step, value_cut_coefficients
 from asyndbt_jax.oracle import make_planted_task, oracle_feedback
+from asyndbt_jax.simplex import project_simplex
 
 R = 4
 SHAPES = dict(num_fragment_words=5, vocab_size=7, num_classes=2, num_candidates=6)
@@ -118,10 +121,19 @@ def test_message_attack_replaces_only_malicious_messages(task):
     [(a, "alie") for a in ["mean", "coordinate_median", "trimmed_mean", "geometric_median", "multi_krum", "centered_clipping"]]
     + [("trimmed_mean", a) for a in ["sign_flip", "ipm", "gaussian_noise", "stale_replay", "scaling"]],
 )
-def test_every_aggregator_and_attack_run_in_the_server_step_and_keep_z_on_the_simplex(task, advanced, aggregator,
-                                                                                      attack):
+def test_every_aggregator_and_attack_run_in_the_server_step(task, advanced, aggregator, attack):
+    """The step's z is the rule applied to the messages the server received (attacked ones
+    included): z ← proj_Δ(z + η_z(R · rule_v(ρ_v + μ(p_v − z)) − F)), computed here from the
+    public aggregator."""
     cfg = config(aggregator=aggregator, attack=attack, num_malicious=1)
     new, _ = _one_step(task, cfg, advanced)
+    z0, rho = advanced.server.consensus, advanced.server.duals
+    options = {"trimmed_mean": {"trim_fraction": cfg.trim_fraction}, "multi_krum": {"num_byzantine": 1},
+               "centered_clipping": {"radius": cfg.clip_radius}}.get(aggregator, {})
+    pull = agglib.RULES[aggregator](rho + cfg.mu * (new.server.received - z0[None]), jnp.ones(R, bool), **options)
+    force = cut_force(advanced.server.cuts).consensus
+    expect = project_simplex(z0 + cfg.eta_consensus() * (R * pull - force))
+    np.testing.assert_allclose(new.server.consensus, expect, atol=1e-5)
     z = np.asarray(new.server.consensus)
     assert np.all(z >= -1e-6) and np.allclose(z.sum(-1), 1.0, atol=1e-5)
 
@@ -180,3 +192,83 @@ def test_robust_worker_sum_bounds_one_outlier():
     for rule in ["coordinate_median", "trimmed_mean", "geometric_median", "multi_krum", "centered_clipping"]:
         out = np.asarray(worker_sum(config(aggregator=rule, num_malicious=1, trim_fraction=0.25))(terms))
         assert np.all(np.abs(out - R * np.array([1.0, 2.0])) <= R * 0.6), (rule, out)
+
+
+def _refresh_state(task, cfg):
+    """A state one step before a refresh, whose workers moved away from uniform."""
+    state = _advanced_state(task, cfg)
+    return state._replace(server=state.server._replace(iteration=jnp.asarray(cfg.refresh_every, jnp.int32)))
+
+
+def test_a_refresh_adds_a_value_cut_exactly_when_the_gap_exceeds_epsilon(task, monkeypatch):
+    """The cut's gap is the lower level's value-function gap; a cut is added iff h > ε."""
+    import asyndbt_jax.engine as engine_module
+
+    seen = []
+    original = engine_module.value_cut_coefficients
+
+    def spy(*args):
+        out = original(*args)
+        jax.debug.callback(lambda h: seen.append(float(np.sum(h))), out[1])
+        return out
+
+    monkeypatch.setattr(engine_module, "value_cut_coefficients", spy)
+    for epsilon in (1e-4, 10.0):
+        cfg = config(epsilon=epsilon, num_samples=16)
+        start = _refresh_state(task, cfg)
+        seen.clear()
+        new, metrics = _one_step(task, cfg, start)
+        assert bool(metrics.refreshed) and len(seen) == 1
+        assert int(metrics.added_cuts) == int(seen[0] > epsilon)
+        assert int(new.server.cuts.active.sum()) == int(start.server.cuts.active.sum()) + int(metrics.added_cuts)
+        if epsilon == 10.0:
+            assert int(new.server.cuts.active.sum()) == 0
+        else:
+            assert int(metrics.added_cuts) == 1
+
+
+def test_the_cuts_move_both_levels(task):
+    """An active value-function cut with a positive dual changes every replied worker's p and q
+    (its force on q is the hypergradient λ e); with the dual at zero the step is the upper
+    level's alone."""
+    cfg = config(epsilon=1e-4, num_samples=16, num_active=R, lr_fragment=0.05, lr_demos=0.05)
+    state, metrics = _one_step(task, cfg, _refresh_state(task, cfg))
+    assert int(metrics.added_cuts) == 1
+    with_force = state._replace(server=state.server._replace(cuts=state.server.cuts._replace(
+        duals=jnp.where(state.server.cuts.active, 5.0, 0.0))))
+    assert np.abs(np.asarray(cut_force(with_force.server.cuts).demos)).max() > 0  # the cuts have a coefficient on q
+    no_force = state._replace(server=state.server._replace(cuts=state.server.cuts._replace(
+        active=jnp.zeros_like(state.server.cuts.active), duals=jnp.zeros_like(state.server.cuts.duals))))
+    a, _ = _one_step(task, cfg, with_force)
+    b, _ = _one_step(task, cfg, no_force)
+    for name in ("fragment_probs", "demo_probs"):
+        moved = np.abs(np.asarray(getattr(a.workers.selection, name)) - np.asarray(getattr(b.workers.selection, name)))
+        assert moved.reshape(R, -1).max(-1).min() > 1e-3, name  # every replied worker, both levels
+
+
+def test_cendbt_depends_on_its_training_data_and_its_lower_level(task):
+    """cenDBT with the training labels replaced by noise, or without its lower level, ends
+    elsewhere than cenDBT itself: the lower level reads the training queries."""
+    from asyndbt_jax.harness import pooled
+
+    cfg = method_config("cendbt", num_workers=1, num_active=1, max_staleness=1, num_samples=32, refresh_every=2,
+                        epsilon=1e-4, lower_lr=0.2, lr_fragment=0.05, lr_demos=0.05, **SHAPES)
+    data = pooled(Data(task.train, task.validation))
+    noisy_labels = jax.random.bernoulli(jax.random.key(7), 0.5, data.train.label.shape).astype(data.train.label.dtype)
+    noisy = data._replace(train=data.train._replace(label=noisy_labels, clean_label=noisy_labels))
+    fb = functools.partial(oracle_feedback, task.oracle)
+
+    def run(cfg, data, steps=6):
+        state = init_state(cfg, jax.random.key(0))
+        step = jax.jit(server_step, static_argnums=(0, 1))
+        added = 0
+        for _ in range(steps):
+            state, metrics = step(cfg, fb, state, jnp.ones(1, bool), data)
+            added += int(metrics.added_cuts)
+        return state.workers.selection, added
+
+    base, added = run(cfg, data)
+    assert added > 0
+    for other, other_data in ((cfg, noisy), (cfg._replace(bilevel=False), data)):
+        changed, _ = run(other, other_data)
+        assert not np.allclose(changed.fragment_probs, base.fragment_probs, atol=1e-4)

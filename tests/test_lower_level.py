@@ -53,17 +53,34 @@ def test_server_and_dual_steps_match_numpy_loop():
         np.testing.assert_allclose(ours_rho[v], expect, atol=1e-6)
 
 
-def test_sign_consensus_bounds_one_workers_influence():
-    """With μ = 0 and ρ = 0, one worker changes z by at most 2ψη_z per coordinate before projection."""
-    p, z, _, _ = _random(2)
+@pytest.mark.parametrize("duals", ["zero", "random"])
+def test_sign_consensus_bounds_one_workers_influence_when_the_l1_term_carries_it(duals):
+    """With μ = 0 (the ℓ1 term alone ties workers to z) one worker changes z by at most
+    2ψη_z per coordinate before projection, whatever it sends and whatever the duals."""
+    p, z, rho, _ = _random(2)
     hp = HP._replace(mu=0.0)
-    zero = jnp.zeros_like(p)
+    rho = jnp.zeros_like(p) if duals == "zero" else rho
     mask = jnp.ones(R, bool)
-    honest = server_consensus_step(z, p, zero, mask, hp)
+    honest = server_consensus_step(z, p, rho, mask, hp)
     attacked_p = p.at[0].set(jnp.full((M, N), 1e6))  # not even on the simplex
-    attacked = server_consensus_step(z, attacked_p, zero, mask, hp)
+    attacked = server_consensus_step(z, attacked_p, rho, mask, hp)
     bound = 2 * hp.psi * hp.eta_z * np.sqrt(N)  # projection is 1-Lipschitz in ℓ2
     assert np.all(np.linalg.norm(np.asarray(attacked - honest), axis=-1) <= bound + 1e-6)
+
+
+def test_the_quadratic_pull_breaks_the_bound():
+    """With μ > 0 a worker moves z in proportion to what it sends (μη_z per unit, up to the
+    projection): the ψ-sign bound no longer holds, and the move stays within μη_z·|Δp| + 2ψη_z."""
+    p, z, rho, _ = _random(2)
+    hp = HP._replace(mu=0.5)
+    mask = jnp.ones(R, bool)
+    honest = server_consensus_step(z, p, rho, mask, hp)
+    shift = jnp.zeros((M, N)).at[:, 0].set(5.0).at[:, 1].set(-5.0)
+    attacked = server_consensus_step(z, p.at[0].add(shift), rho, mask, hp)
+    moved = np.linalg.norm(np.asarray(attacked - honest), axis=-1)
+    sign_bound = 2 * hp.psi * hp.eta_z * np.sqrt(N)
+    assert np.all(moved > sign_bound)
+    assert np.all(moved <= hp.mu * hp.eta_z * np.linalg.norm(np.asarray(shift), axis=-1) + sign_bound + 1e-6)
 
 
 def test_finds_planted_consensus_optimum():

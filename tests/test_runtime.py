@@ -36,19 +36,24 @@ def run(task, config, **kw):
     return run_runtime(config, lambda: feedback, Data(task.train, task.validation), task.test, **args)
 
 
-@pytest.mark.parametrize("method", ["asyndbt", "fedone"])
-def test_s_equal_r_reproduces_the_simulator(task, method):
+@pytest.mark.parametrize("method, gap", [("asyndbt", "value"), ("asyndbt", "l2sq"), ("fedone", "value")])
+def test_s_equal_r_reproduces_the_simulator(task, method, gap):
     """With S = R the arrival sets do not depend on timing: the runtime's workers, each
-    holding only its own row, end exactly where the simulator's batched step does."""
+    holding only its own row, end exactly where the simulator's batched step does (with
+    either gap; ε small enough that the value-function gap adds cuts)."""
     iterations = 8
     sim, config = run_planted(method, task, parse_delay("lognormal:1.0"), iterations=iterations, num_active=R,
-                              max_staleness=3, seed=3, progress=False, **ENGINE)
+                              max_staleness=3, seed=3, progress=False, gap_norm=gap, epsilon=1e-4, lower_lr=0.2,
+                              **{**ENGINE, "num_samples": 32})
+    if method == "asyndbt":
+        assert max(h["active_cuts"] for h in sim.history) > 0  # the cuts (and their q part) are exercised
     real = run(task, config, iterations=iterations, delay=parse_delay("lognormal:1.0"), delay_seconds=0.002)
     assert [h["arrived"] for h in real.history] == [h["arrived"] for h in sim.history]
     assert real.queries == sim.queries
     # the refresh rounds run as separate calls instead of one scan: float32 round-off only
     np.testing.assert_allclose(real.server.consensus, sim.state.server.consensus, atol=1e-6)
     np.testing.assert_allclose(real.server.cuts.duals, sim.state.server.cuts.duals, atol=1e-6)
+    np.testing.assert_allclose(real.server.demo_terms, sim.state.server.demo_terms, atol=1e-6)
     for got, want in zip(jax.tree.leaves(real.workers), jax.tree.leaves(sim.state.workers)):
         np.testing.assert_allclose(got, want, atol=1e-6)
     assert real.final_test_accuracy == pytest.approx(sim.final_test_accuracy, abs=1e-6)
