@@ -8,10 +8,10 @@ linear cuts over every variable of both levels,
 each the first-order expansion of ``h`` at the point where it was added (when ``h > ε``),
 dropped when its dual stayed below ``γ`` before and after an update. Two gaps:
 
-* the **value-function gap** (:func:`value_cut`, one cut set for all rows): ``h = GP(p, z; q)
-  − GP(φ; q)``, how much lower the lower level's objective is at its estimate ``φ``. Its
-  coefficient on the demonstrations, ``e = ∇_q g(p; q) − ∇_q g(φ; q)`` (Danskin), is the
-  hypergradient: how the demonstrations move the lower-level solution.
+* the **value-function gap** (:func:`value_cut`, one cut set for all rows): ``h = Σ_v g_v(p; q)
+  − g_v(φ; q)``, the training loss the lower level would still remove at its estimate ``φ``.
+  Its coefficient on the demonstrations, ``e = ∇_q g(p; q) − ∇_q g(φ; q)`` (Danskin), is the
+  hypergradient: how the demonstrations move what the lower level can reach.
 * the **argument-space gap** per fragment row ``i`` (:func:`add_cuts`): ``h_i = ||[{p_i^(v)};
   z_i] − φ_i||²`` (ADBO's squared ℓ2) or ``||·||₁``; its cuts have no coefficient on ``q``.
 

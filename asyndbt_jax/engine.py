@@ -492,38 +492,33 @@ def _refresh(config, feedback_fn, server: ServerState, demo_probs, train_queries
 def value_cut_coefficients(config: AsynDBTConfig, start: LowerLevelState, phi: LowerLevelState, at_point, at_phi):
     """The value-function gap of the lower level and its gradient at the current point.
 
-    The lower level's objective is the augmented Lagrangian (ρ fixed at the refresh's start)
+    The gap is the training loss the lower level would still remove,
 
-        GP(p, z; q) = Σ_v [ g_v(p^(v); q^(v)) + ρ^(v)ᵀ(p^(v) − z) + (μ/2)||p^(v) − z||² + ψ||p^(v) − z||₁ ]
+        h = Σ_v [ g_v(p^(v); q^(v)) − g_v(φ^(v); q^(v)) ]
 
-    and the gap ``h = GP(p, z; q) − GP(φ; q)`` (``≥ 0`` up to noise when ``φ`` improves on the
-    point). By Danskin's theorem (``φ`` approximately minimises ``GP(·; q)``) its gradient is
+    (``≥ 0`` up to noise when ``φ`` improves on the point), and by Danskin's theorem (``φ``
+    approximately minimises the lower level's objective given ``q``) its gradient is
 
-        a^(v) = ∇_p g_v(p^(v)) + ρ^(v) + μ(p^(v) − z) + ψ sign(p^(v) − z)
-        b     = −Σ_v [ ρ^(v) + μ(p^(v) − z) + ψ sign(p^(v) − z) ]
+        a^(v) = ∇_p g_v(p^(v); q^(v)),    b = 0,
         e^(v) = ∇_q g_v(p^(v); q^(v)) − ∇_q g_v(φ^(v); q^(v))          (the hypergradient part)
+
+    The consensus constraint ``p^(v) = z`` is not in the gap: ``ρ`` and the ``μ``, ``ψ`` terms of
+    the ``z`` and primal steps carry it (measured: a gap over the augmented Lagrangian, whose
+    penalty terms make the cuts pull ``p`` toward ``z`` again, scored 1–2 points lower for the
+    distributed methods; docs/algorithm.md).
 
     Args:
       start: the point ``(p, z, ρ)``; phi: the lower-level estimate.
       at_point, at_phi: :class:`LowerEvaluation` at ``p`` and at ``φ``'s ``p``.
 
     Returns:
-      ``((a [R, M, N], b [M, N], e [R, U, V]), h_v [R], e^(v)ᵀq^(v) [R])``, ``b`` combined over
-      workers with :func:`worker_sum`.
+      ``((a [R, M, N], b [M, N], e [R, U, V]), h_v [R], e^(v)ᵀq^(v) [R])``.
     """
-    hp = _primal_dual_hp(config)
-
-    def penalty(p, z):
-        d = p - z[None]
-        return jnp.sum(start.duals * d, (1, 2)) + 0.5 * hp.mu * jnp.sum(d**2, (1, 2)) + hp.psi * jnp.sum(jnp.abs(d), (1, 2))
-
-    gap = at_point.loss - at_phi.loss + penalty(start.fragment_probs, start.consensus) - penalty(phi.fragment_probs, phi.consensus)
-    d = start.fragment_probs - start.consensus[None]
-    pull = start.duals + hp.mu * d + hp.psi * jnp.sign(d)
-    a = at_point.grads.fragment_probs + pull
-    b = -worker_sum(config)(pull)
+    del phi  # the evaluation at φ carries what the gap needs of it
+    a = at_point.grads.fragment_probs
+    b = jnp.zeros_like(start.consensus)
     e = at_point.grads.demo_probs - at_phi.grads.demo_probs
-    return (a, b, e), gap, at_point.demo_dot - at_phi.demo_dot
+    return (a, b, e), at_point.loss - at_phi.loss, at_point.demo_dot - at_phi.demo_dot
 
 
 def refresh_value_cuts(config: AsynDBTConfig, server: ServerState, start, phi, at_point, at_phi) -> ServerState:

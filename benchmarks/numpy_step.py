@@ -178,14 +178,9 @@ def numpy_refresh(config, oracle, st: NumpyState, train, key):
         p, z, rho = _lower_round(config, st, p, z, rho, [_evaluation(oracle, p[v], st.q[v], train, v, *u)[0] for v in range(R)])
     at_phi = [_evaluation(oracle, p[v], st.q[v], train, v, *u_first) for v in range(R)]
 
-    def penalty(pv, zz, v):
-        d = pv - zz
-        return np.sum(rho0[v] * d) + 0.5 * config.mu * np.sum(d**2) + config.psi * np.sum(np.abs(d))
-
-    h = sum(at_point[v][2] - at_phi[v][2] + penalty(p0[v], z0, v) - penalty(p[v], z, v) for v in range(R))
-    pull = [rho0[v] + config.mu * (p0[v] - z0) + config.psi * np.sign(p0[v] - z0) for v in range(R)]
-    a = [at_point[v][0] + pull[v] for v in range(R)]
-    b = -sum(pull)
+    h = sum(at_point[v][2] - at_phi[v][2] for v in range(R))  # the training loss the lower level would still remove
+    a = [at_point[v][0] for v in range(R)]
+    b = np.zeros_like(z0)
     e = [at_point[v][1] - at_phi[v][1] for v in range(R)]
     terms = [float(np.sum(e[v] * st.q[v])) for v in range(R)]
     eps = config.eps()
