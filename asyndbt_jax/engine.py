@@ -18,10 +18,12 @@ One iteration (``server_step``):
    ``λ ← max(0, λ + η_λ(values − c₁λ))``;
    drop cuts whose dual stayed below ``γ``.
 3. Every ``δ`` iterations: refresh the polyhedron: ``K`` primal-dual rounds with all
-   workers give ``φ``; add a cut where the gap exceeds ``ε``.
+   workers give ``φ``; add a cut where the gap exceeds ``ε`` (the default value-function gap
+   ``Σ_v g_v(p) − g_v(φ)`` on the training batches, whose cut carries the hypergradient
+   ``e = ∇_q g(p) − ∇_q g(φ)`` on the demonstrations: :func:`value_cut_coefficients`).
 4. Reply: every arrived worker samples ``I`` configurations from its ``(p, q)``, scores them
    on its validation batch, estimates both gradients from the same queries, adds the cut
-   force ``Σ_l λ_l a_l^(v)`` to the fragment gradient, and takes a projected Adam step.
+   forces ``Σ_l λ_l a_l^(v)`` and ``Σ_l λ_l e_l^(v)``, and takes a projected Adam step.
 
 The baselines are presets of the same step (``method_config``): ``sync`` (S = R),
 ``cendbt`` (one worker holding all data, no consensus), ``bdpl`` (fragment only, no
@@ -212,6 +214,7 @@ class StepMetrics(NamedTuple):
     refreshed: jax.Array
     active_cuts: jax.Array
     added_cuts: jax.Array  # cuts the refresh of this iteration added (0 without one)
+    lower_gap: jax.Array  # the gap h the refresh measured (the largest row's for an argument-space gap; NaN without one)
 
 
 class Data(NamedTuple):
@@ -479,14 +482,14 @@ def _refresh(config, feedback_fn, server: ServerState, demo_probs, train_queries
     grad_fn = _lower_level_gradient(config, feedback_fn, demo_probs, train_queries, malicious)
     if config.gap_norm != "value":
         phi = primal_dual_rounds(start, grad_fn, key, config.lower_rounds, everyone, hp, consensus_step(config))
-        return refresh_cuts(config, server, phi)
+        return refresh_cuts(config, server, phi), jnp.max(argument_gap(config, server, phi))
     k_first, k_rest = jax.random.split(key)
     at_point = lower_evaluation(config, feedback_fn, demo_probs, start.fragment_probs, train_queries, k_first, malicious)
     phi = refresh_round(config, start, at_point.grads.fragment_probs, everyone)
     if config.lower_rounds > 1:
         phi = primal_dual_rounds(phi, grad_fn, k_rest, config.lower_rounds - 1, everyone, hp, consensus_step(config))
     at_phi = lower_evaluation(config, feedback_fn, demo_probs, phi.fragment_probs, train_queries, k_first, malicious)
-    return refresh_value_cuts(config, server, start, phi, at_point, at_phi)
+    return refresh_value_cuts(config, server, start, phi, at_point, at_phi, with_gap=True)
 
 
 def value_cut_coefficients(config: AsynDBTConfig, start: LowerLevelState, phi: LowerLevelState, at_point, at_phi):
@@ -521,15 +524,21 @@ def value_cut_coefficients(config: AsynDBTConfig, start: LowerLevelState, phi: L
     return (a, b, e), at_point.loss - at_phi.loss, at_point.demo_dot - at_phi.demo_dot
 
 
-def refresh_value_cuts(config: AsynDBTConfig, server: ServerState, start, phi, at_point, at_phi) -> ServerState:
+def refresh_value_cuts(config: AsynDBTConfig, server: ServerState, start, phi, at_point, at_phi, with_gap: bool = False):
     """Add a value-function cut where the gap exceeds ``ε`` (:func:`value_cut_coefficients`);
     keep ``φ``'s duals. Every worker takes part in a refresh and so reports the new cut's
-    term ``e^(v)ᵀ q^(v)``."""
+    term ``e^(v)ᵀ q^(v)``. Returns the new server state (and the gap ``h`` with ``with_gap``)."""
     coef, gap, term = value_cut_coefficients(config, start, phi, at_point, at_phi)
-    cuts, _, put = cutlib.value_cut(
+    cuts, h, put = cutlib.value_cut(
         server.cuts, start.fragment_probs, start.consensus, coef, term, gap, config.eps(), combine=worker_sum(config)
     )
-    return server._replace(cuts=cuts, duals=phi.duals, demo_terms=jnp.where(put[None, :], term[:, None], server.demo_terms))
+    new = server._replace(cuts=cuts, duals=phi.duals, demo_terms=jnp.where(put[None, :], term[:, None], server.demo_terms))
+    return (new, h) if with_gap else new
+
+
+def argument_gap(config: AsynDBTConfig, server: ServerState, phi: LowerLevelState) -> jax.Array:
+    """The argument-space gap ``h_i [M]`` of every fragment row between the server's point and ``φ``."""
+    return cutlib.gap(server.received, server.consensus, phi.fragment_probs, phi.consensus, config.gap_norm, worker_sum(config))
 
 
 def refresh_start(server: ServerState) -> LowerLevelState:
@@ -624,13 +633,14 @@ def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineSta
     # 3. Refresh the polyhedron every δ iterations.
     refreshed = jnp.asarray(False)
     refresh_queries = jnp.zeros((), jnp.int32)
+    lower_gap = jnp.asarray(jnp.nan, jnp.float32)
     before = server.cuts
     if config.bilevel and config.use_fragment:
         refreshed = (server.iteration % config.refresh_every) == 0 if refresh is None else jnp.asarray(refresh, bool)
-        server = jax.lax.cond(
+        server, lower_gap = jax.lax.cond(
             refreshed,
             lambda s: _refresh(config, feedback_fn, s, workers.selection.demo_probs, data.train, k_refresh, malicious),
-            lambda s: s,
+            lambda s: (s, jnp.asarray(jnp.nan, jnp.float32)),
             server,
         )
         train_batch = jax.tree.leaves(data.train)[0].shape[-1]
@@ -656,6 +666,7 @@ def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineSta
         refreshed=refreshed,
         active_cuts=jnp.sum(server.cuts.active),
         added_cuts=added_cuts(before, server.cuts),
+        lower_gap=lower_gap.astype(jnp.float32),
     )
     server = server._replace(
         staleness=staleness, iteration=server.iteration + 1, rejected=server.rejected + num_rejected

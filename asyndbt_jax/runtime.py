@@ -63,6 +63,7 @@ from .engine import (
     WorkerState,
     LowerEvaluation,
     added_cuts,
+    argument_gap,
     cut_forces,
     init_state,
     lower_evaluation,
@@ -394,7 +395,7 @@ def run_runtime(
     one_round = jax.jit(refresh_round, static_argnums=0)
     add_cuts = jax.jit(refresh_cuts, static_argnums=0)
     forces_of = jax.jit(cut_forces, static_argnums=0)
-    value_cuts = jax.jit(refresh_value_cuts, static_argnums=0)
+    value_cuts = jax.jit(refresh_value_cuts, static_argnums=(0, 6))
     value_gap = bilevel and config.gap_norm == "value"
     C = config.cut_capacity
     slot_written = np.full(C, -1, np.int64)  # the refresh count at which each cut slot was last written
@@ -539,7 +540,7 @@ def run_runtime(
                                            None if it == first else jnp.asarray(terms, server.demo_terms.dtype))
             queries = 0
             refreshed = bilevel and it % config.refresh_every == 0
-            cuts_before, added = server.cuts, 0
+            cuts_before, added, record_gap = server.cuts, 0, None
             if refreshed:
                 lower = start = refresh_start(server)
                 round_keys = list(jax.random.split(k_refresh, config.lower_rounds))
@@ -566,13 +567,15 @@ def run_runtime(
                     evaluations.append(LowerEvaluation(SelectionVariables(grad, grad_q), loss, dot))
                     queries += int(mask.sum()) * config.num_samples * train_batch
                     before = np.asarray(server.cuts.offset), np.asarray(server.cuts.active)
-                    server = value_cuts(config, server, start, lower, *evaluations)
+                    server, gap = value_cuts(config, server, start, lower, *evaluations, True)
                     num_refreshes += 1
                     written = np.any((np.asarray(server.cuts.offset) != before[0]) | (np.asarray(server.cuts.active) & ~before[1]), 0)
                     slot_written[written] = num_refreshes
                 else:
+                    gap = jnp.max(argument_gap(config, server, lower))
                     server = add_cuts(config, server, lower)
                 added = int(added_cuts(cuts_before, server.cuts))
+                record_gap = float(gap)
             # reply to the arrived workers (and send workers that raised the current state again)
             forces = forces_of(config, server.cuts)
             if isinstance(forces, SelectionVariables):
@@ -608,6 +611,7 @@ def run_runtime(
                 "refreshed": refreshed,
                 "active_cuts": int(jnp.sum(server.cuts.active)),
                 "added_cuts": added,
+                **({"lower_gap": record_gap} if refreshed else {}),
             }
             last = it == iterations - 1
             if it % eval_every == 0 and it > 0 or last:

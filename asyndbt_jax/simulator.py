@@ -424,6 +424,8 @@ def simulate(
                 "active_cuts": int(m.active_cuts),
                 "added_cuts": int(m.added_cuts),
             }
+            if bool(m.refreshed):
+                record["lower_gap"] = float(m.lower_gap)
             stopped = it < iterations - 1 and stop is not None and bool(stop())
             if stopped:
                 record["stopped"] = True

@@ -54,6 +54,9 @@ def test_s_equal_r_reproduces_the_simulator(task, method, gap):
     np.testing.assert_allclose(real.server.consensus, sim.state.server.consensus, atol=1e-6)
     np.testing.assert_allclose(real.server.cuts.duals, sim.state.server.cuts.duals, atol=1e-6)
     np.testing.assert_allclose(real.server.demo_terms, sim.state.server.demo_terms, atol=1e-6)
+    assert [h["added_cuts"] for h in real.history] == [h["added_cuts"] for h in sim.history]
+    gaps = [(h.get("lower_gap"), g.get("lower_gap")) for h, g in zip(real.history, sim.history)]
+    assert all((a is None) == (b is None) and (a is None or a == pytest.approx(b, abs=1e-5)) for a, b in gaps)
     for got, want in zip(jax.tree.leaves(real.workers), jax.tree.leaves(sim.state.workers)):
         np.testing.assert_allclose(got, want, atol=1e-6)
     assert real.final_test_accuracy == pytest.approx(sim.final_test_accuracy, abs=1e-6)
