@@ -130,10 +130,11 @@ def gap_gradient(fragment_probs, consensus, phi_probs, phi_consensus, norm: str 
     return 2.0 * dp, 2.0 * dz
 
 
-def demo_terms(cuts: CutBuffer, demo_probs) -> jax.Array:
-    """``e_l^(v)ᵀ q^(v)`` for every worker and cut: ``[R, C]``. A worker computes its own row
-    and sends these scalars (never ``q``)."""
-    return jnp.stack([jnp.sum(e * demo_probs, axis=(-2, -1)) for e in cuts.demo_coef], axis=-1)
+def demo_terms(demo_coef, demo_probs) -> jax.Array:
+    """``e_l^(v)ᵀ q^(v)`` for every worker and cut: ``[R, C]``, from the cuts' coefficients on
+    ``q`` (``CutBuffer.demo_coef``: ``C`` arrays ``[R, U, V]``) and ``q [R, U, V]``. A worker
+    computes its own row and sends these scalars (never ``q``)."""
+    return jnp.stack([jnp.sum(e * demo_probs, axis=(-2, -1)) for e in demo_coef], axis=-1)
 
 
 def cut_values(cuts: CutBuffer, fragment_probs, consensus, demo_terms=None, combine=_sum_workers) -> jax.Array:

@@ -489,10 +489,10 @@ def _refresh(config, feedback_fn, server: ServerState, demo_probs, train_queries
     if config.lower_rounds > 1:
         phi = primal_dual_rounds(phi, grad_fn, k_rest, config.lower_rounds - 1, everyone, hp, consensus_step(config))
     at_phi = lower_evaluation(config, feedback_fn, demo_probs, phi.fragment_probs, train_queries, k_first, malicious)
-    return refresh_value_cuts(config, server, start, phi, at_point, at_phi, with_gap=True)
+    return refresh_value_cuts(config, server, start, phi, at_point, at_phi)
 
 
-def value_cut_coefficients(config: AsynDBTConfig, start: LowerLevelState, phi: LowerLevelState, at_point, at_phi):
+def value_cut_coefficients(config: AsynDBTConfig, start: LowerLevelState, at_point, at_phi):
     """The value-function gap of the lower level and its gradient at the current point.
 
     The gap is the training loss the lower level would still remove,
@@ -511,29 +511,28 @@ def value_cut_coefficients(config: AsynDBTConfig, start: LowerLevelState, phi: L
     distributed methods; docs/algorithm.md).
 
     Args:
-      start: the point ``(p, z, ρ)``; phi: the lower-level estimate.
-      at_point, at_phi: :class:`LowerEvaluation` at ``p`` and at ``φ``'s ``p``.
+      start: the point ``(p, z, ρ)``.
+      at_point, at_phi: :class:`LowerEvaluation` at ``p`` and at the lower-level estimate ``φ``'s ``p``.
 
     Returns:
       ``((a [R, M, N], b [M, N], e [R, U, V]), h_v [R], e^(v)ᵀq^(v) [R])``.
     """
-    del phi  # the evaluation at φ carries what the gap needs of it
     a = at_point.grads.fragment_probs
     b = jnp.zeros_like(start.consensus)
     e = at_point.grads.demo_probs - at_phi.grads.demo_probs
     return (a, b, e), at_point.loss - at_phi.loss, at_point.demo_dot - at_phi.demo_dot
 
 
-def refresh_value_cuts(config: AsynDBTConfig, server: ServerState, start, phi, at_point, at_phi, with_gap: bool = False):
+def refresh_value_cuts(config: AsynDBTConfig, server: ServerState, start, phi, at_point, at_phi):
     """Add a value-function cut where the gap exceeds ``ε`` (:func:`value_cut_coefficients`);
     keep ``φ``'s duals. Every worker takes part in a refresh and so reports the new cut's
-    term ``e^(v)ᵀ q^(v)``. Returns the new server state (and the gap ``h`` with ``with_gap``)."""
-    coef, gap, term = value_cut_coefficients(config, start, phi, at_point, at_phi)
+    term ``e^(v)ᵀ q^(v)``. Returns ``(server, h)``."""
+    coef, gap, term = value_cut_coefficients(config, start, at_point, at_phi)
     cuts, h, put = cutlib.value_cut(
         server.cuts, start.fragment_probs, start.consensus, coef, term, gap, config.eps(), combine=worker_sum(config)
     )
     new = server._replace(cuts=cuts, duals=phi.duals, demo_terms=jnp.where(put[None, :], term[:, None], server.demo_terms))
-    return (new, h) if with_gap else new
+    return new, h
 
 
 def argument_gap(config: AsynDBTConfig, server: ServerState, phi: LowerLevelState) -> jax.Array:
@@ -627,7 +626,7 @@ def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineSta
     p = _sent_messages(config, workers.selection.fragment_probs, server.consensus, k_attack, malicious)
 
     # 1–2. Accept the messages (p and the workers' e_lᵀq), update z and λ.
-    server, num_rejected = server_receive(config, server, p, arrived, cutlib.demo_terms(server.cuts, workers.selection.demo_probs))
+    server, num_rejected = server_receive(config, server, p, arrived, cutlib.demo_terms(server.cuts.demo_coef, workers.selection.demo_probs))
     z = server.consensus
 
     # 3. Refresh the polyhedron every δ iterations.
@@ -674,9 +673,14 @@ def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineSta
     return EngineState(workers, server, key, malicious), metrics
 
 
+def written_cuts(before: cutlib.CutBuffer, after: cutlib.CutBuffer) -> jax.Array:
+    """bool ``[H, C]``: the cut slots a refresh wrote (a new cut, or one that replaced a full row's weakest)."""
+    return after.active & (~before.active | (after.offset != before.offset))
+
+
 def added_cuts(before: cutlib.CutBuffer, after: cutlib.CutBuffer) -> jax.Array:
-    """How many cut slots a refresh wrote (a new cut, or one that replaced a full row's weakest)."""
-    return jnp.sum(after.active & (~before.active | (after.offset != before.offset)))
+    """How many cut slots a refresh wrote (:func:`written_cuts`)."""
+    return jnp.sum(written_cuts(before, after))
 
 
 def cut_forces(config: AsynDBTConfig, cuts: cutlib.CutBuffer):

@@ -64,6 +64,7 @@ from .engine import (
     LowerEvaluation,
     added_cuts,
     argument_gap,
+    written_cuts,
     cut_forces,
     init_state,
     lower_evaluation,
@@ -76,8 +77,7 @@ from .engine import (
     server_receive,
     worker_reply,
 )
-from .selection import SelectionVariables
-from .selection import Configuration
+from .selection import Configuration, SelectionVariables
 from .simulator import DelayModel, check_run_args, resume_from, save_checkpoint
 
 log = logging.getLogger(__name__)
@@ -98,12 +98,7 @@ def _worker_update(config: AsynDBTConfig, feedback_fn, workers: WorkerState, for
         workers = workers._replace(selection=workers.selection._replace(fragment_probs=broadcast))
     G = rows.shape[0]
     new, loss = worker_reply(config, feedback_fn, workers, force, jnp.ones((G,), bool), queries, key, jnp.zeros((G,), bool), rows)
-    return new, loss, _terms(demo_coef, new.selection.demo_probs)
-
-
-def _terms(demo_coef, demo_probs):
-    """``e_lᵀq`` of every cut ``[G, C]`` from the coefficients ``[G, C, U, V]``."""
-    return jnp.sum(demo_coef * demo_probs[:, None], axis=(-2, -1))
+    return new, loss, cutlib.demo_terms(demo_coef, new.selection.demo_probs)
 
 
 @partial(jax.jit, static_argnums=(0, 1))
@@ -177,8 +172,9 @@ class Worker:
             d, _ = self.delay.sample(self.rng, self.rows, allow_dropout=False)
             time.sleep(float(d[0]) * self.delay_seconds)
         force = SelectionVariables(np.asarray(force_fragment)[None], np.asarray(force_demos)[None])
+        coef = tuple(np.asarray(e)[None] for e in demo_coef)  # C arrays [1, U, V]
         new, loss, terms = _worker_update(self.config, self.feedback_fn, self.workers, force, np.asarray(broadcast)[None],
-                                          np.asarray(demo_coef)[None], self.data.validation, _key(key_data), self.rows)
+                                          coef, self.data.validation, _key(key_data), self.rows)
         self._check()
         self.workers = new
         return np.asarray(new.selection.fragment_probs[0]), float(loss[0]), np.asarray(terms[0])
@@ -192,11 +188,6 @@ class Worker:
                                  np.asarray(fragment_probs)[None], self.data.train, _key(key_data), self.rows)
         return (np.asarray(out.grads.fragment_probs[0]), np.asarray(out.grads.demo_probs[0]), float(out.loss[0]),
                 float(out.demo_dot[0]))
-
-    def terms(self, demo_coef) -> np.ndarray:
-        """``e_lᵀq [C]`` of this worker's ``q`` for its cut coefficients ``[C, U, V]``."""
-        self._check()
-        return np.asarray(_terms(np.asarray(demo_coef)[None], self.workers.selection.demo_probs)[0])
 
     def gradient(self, fragment_probs, key_data) -> np.ndarray:
         """The lower-level gradient ``∇̂g [M, N]`` at ``fragment_probs`` on the training batch
@@ -395,7 +386,7 @@ def run_runtime(
     one_round = jax.jit(refresh_round, static_argnums=0)
     add_cuts = jax.jit(refresh_cuts, static_argnums=0)
     forces_of = jax.jit(cut_forces, static_argnums=0)
-    value_cuts = jax.jit(refresh_value_cuts, static_argnums=(0, 6))
+    value_cuts = jax.jit(refresh_value_cuts, static_argnums=0)
     value_gap = bilevel and config.gap_norm == "value"
     C = config.cut_capacity
     slot_written = np.full(C, -1, np.int64)  # the refresh count at which each cut slot was last written
@@ -543,10 +534,11 @@ def run_runtime(
             cuts_before, added, record_gap = server.cuts, 0, None
             if refreshed:
                 lower = start = refresh_start(server)
-                round_keys = list(jax.random.split(k_refresh, config.lower_rounds))
                 if value_gap:  # the first round's estimates at the point, then K − 1 rounds, then one at φ
                     k_first, k_rest = jax.random.split(k_refresh)
                     round_keys = [k_first] + (list(jax.random.split(k_rest, config.lower_rounds - 1)) if config.lower_rounds > 1 else [])
+                else:
+                    round_keys = list(jax.random.split(k_refresh, config.lower_rounds))
                 evaluations = []
                 for r, round_key in enumerate(round_keys):
                     kd = np.asarray(jax.random.key_data(round_key))
@@ -566,11 +558,9 @@ def run_runtime(
                                                                   [(M, N), grad_q_shape, (), ()])
                     evaluations.append(LowerEvaluation(SelectionVariables(grad, grad_q), loss, dot))
                     queries += int(mask.sum()) * config.num_samples * train_batch
-                    before = np.asarray(server.cuts.offset), np.asarray(server.cuts.active)
-                    server, gap = value_cuts(config, server, start, lower, *evaluations, True)
+                    server, gap = value_cuts(config, server, start, lower, *evaluations)
                     num_refreshes += 1
-                    written = np.any((np.asarray(server.cuts.offset) != before[0]) | (np.asarray(server.cuts.active) & ~before[1]), 0)
-                    slot_written[written] = num_refreshes
+                    slot_written[np.any(np.asarray(written_cuts(cuts_before, server.cuts)), 0)] = num_refreshes
                 else:
                     gap = jnp.max(argument_gap(config, server, lower))
                     server = add_cuts(config, server, lower)

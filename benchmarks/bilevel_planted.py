@@ -55,8 +55,8 @@ def _without_hypergradient():
     """Zero the value-function cut's coefficient on the demonstrations (an ablation only)."""
     original = engine.value_cut_coefficients
 
-    def patched(config, start, phi, at_point, at_phi):
-        (a, b, e), gap, term = original(config, start, phi, at_point, at_phi)
+    def patched(config, start, at_point, at_phi):
+        (a, b, e), gap, term = original(config, start, at_point, at_phi)
         return (a, b, jnp.zeros_like(e)), gap, jnp.zeros_like(term)
 
     return original, patched

@@ -141,10 +141,10 @@ def test_value_cut_is_the_first_order_expansion_of_the_gap():
     q2 = jax.random.dirichlet(jax.random.key(9), jnp.ones(V), (R, U))
     f64 = lambda x: np.asarray(x, np.float64)  # noqa: E731
     expansion = 0.6 + np.sum(f64(a) * (f64(p2) - f64(p))) + np.sum(f64(e) * (f64(q2) - f64(q))) + np.sum(f64(b) * (f64(z2) - f64(z))) - eps
-    ours = cut_values(cuts, p2, z2, demo_terms(cuts, q2))
+    ours = cut_values(cuts, p2, z2, demo_terms(cuts.demo_coef, q2))
     assert float(ours[0, 0]) == pytest.approx(expansion, rel=1e-4, abs=1e-4)
     assert float(_numpy_values(cuts, p2, z2, q2)[0, 0]) == pytest.approx(expansion, rel=1e-4, abs=1e-4)
-    assert float(cut_values(cuts, p, z, demo_terms(cuts, q))[0, 0]) == pytest.approx(0.6 - eps, abs=1e-4)
+    assert float(cut_values(cuts, p, z, demo_terms(cuts.demo_coef, q))[0, 0]) == pytest.approx(0.6 - eps, abs=1e-4)
 
 
 def test_value_cut_forces_reach_the_demonstrations():
