@@ -30,8 +30,19 @@ def test_simulate_prints_required_fields(capsys, tmp_path):
     out = json.loads(capsys.readouterr().out)
     for key in ("final_test_accuracy", "optimum_accuracy", "iterations", "virtual_time", "queries"):
         assert key in out
-    assert out["iterations"] == 4 and 0 <= out["final_test_accuracy"] <= 1 and out["queries"] > 0
-    assert len(history.read_text().splitlines()) == 4
+    rows = [json.loads(line) for line in history.read_text().splitlines()]
+    assert out["iterations"] == len(rows) == 4
+    # the summary is the history's: its last evaluation, and every query the iterations spent
+    assert out["final_test_accuracy"] == rows[-1]["test_accuracy"]
+    assert out["final_validation_accuracy"] == rows[-1]["validation_accuracy"]
+    assert out["queries"] == sum(r["queries"] for r in rows)
+    # The query-cost model: every arrival asks I = 4 samples x 20 validation queries; a refresh (iteration 0,
+    # all R = 4 workers) also evaluates the lower level K + 1 = 4 times (K = 3 rounds, the evaluation at φ)
+    # on 4 samples x 20 training queries per worker.
+    assert rows[0]["refreshed"] and rows[0]["arrived"] == [0, 1, 2, 3]
+    assert rows[0]["queries"] == 4 * 4 * 20 + 4 * (3 + 1) * 4 * 20
+    for r in rows[1:]:
+        assert not r["refreshed"] and len(r["arrived"]) == 2 and r["queries"] == 2 * 4 * 20
 
 
 def test_simulate_bad_input_is_a_clear_error():

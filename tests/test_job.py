@@ -18,7 +18,10 @@ def test_quick_run_then_a_free_rerun(tmp_path, capsys):
     first = json.loads(capsys.readouterr().out)
     assert first["task"] == "mr" and first["method"] == "asyndbt" and first["test_examples"] == 10
     assert set(first["test_accuracy"]) == {"manual", "random-icl", "asyndbt"}
-    assert all(0.0 <= a <= 1.0 for a in first["test_accuracy"].values())
+    # fixed prompts on 10 test sentences: whole tenths; the calibrated fitted template is far above chance on MR
+    # (78.8 % on 200 sentences, docs/tuning.md), a broken scorer or calibration sits at or below 0.5
+    assert all(round(first["test_accuracy"][m] * 10, 4).is_integer() for m in ("manual", "random-icl"))
+    assert first["test_accuracy"]["manual"] >= 0.7
     assert first["llm_prompts"] == sum(first["llm_prompts_by_method"].values()) and first["cache_misses"] > 0
     # calibrated (the default): each fixed prompt also asks the two content-free inputs
     assert first["llm_prompts_by_method"]["manual"] == first["llm_prompts_by_method"]["random-icl"] == 10 + 2
@@ -28,6 +31,7 @@ def test_quick_run_then_a_free_rerun(tmp_path, capsys):
     assert "  " not in first["learned_fragment"] and first["learned_fragment"] == first["learned_fragment"].strip()
     history = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
     assert len(history) == first["iterations"] == 2
+    assert first["test_accuracy"]["asyndbt"] == json.loads(history[-1])["test_accuracy"]  # the run's own last evaluation
     assert json.loads((tmp_path / "run" / "result.json").read_text())["test_accuracy"] == first["test_accuracy"]
     assert first["machine"]["cpu_count"] >= 1 and first["machine"]["device"]  # what measured it
 
@@ -71,10 +75,13 @@ def test_quick_run_on_the_local_runtime(tmp_path, capsys):
                  "--cache", str(tmp_path / "r.sqlite")]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["runtime"] == "local" and result["iterations"] == 3 and result["failed_workers"] == {}
-    assert 0.0 <= result["test_accuracy"]["asyndbt"] <= 1.0 and result["llm_prompts_by_method"]["asyndbt"] > 0
     assert len(result["learned_demonstrations"]) == 2
     history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
-    assert len(history) == 3 and history[0]["arrived"] == [0, 1] and "test_accuracy" in history[-1]
+    assert len(history) == 3 and history[0]["arrived"] == [0, 1]
+    assert result["test_accuracy"]["asyndbt"] == history[-1]["test_accuracy"]  # the run's own last evaluation
+    # every configuration-query pair the workers asked, plus the final evaluation of both workers' prompts
+    # (calibrated: each prompt also asks 2 content-free inputs)
+    assert result["llm_prompts_by_method"]["asyndbt"] >= sum(h["queries"] for h in history)
 
 
 @pytest.mark.slow
@@ -88,7 +95,9 @@ def test_quick_run_on_ray_actors(tmp_path, capsys):
         ray.shutdown()
     result = json.loads(capsys.readouterr().out)
     assert result["runtime"] == "ray" and result["iterations"] == 3 and result["failed_workers"] == {}
-    assert 0.0 <= result["test_accuracy"]["asyndbt"] <= 1.0 and len(result["learned_demonstrations"]) == 2
+    assert len(result["learned_demonstrations"]) == 2
+    history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
+    assert len(history) == 3 and result["test_accuracy"]["asyndbt"] == history[-1]["test_accuracy"]
 
 
 def test_a_folder_holding_another_run_is_not_overwritten(tmp_path):

@@ -28,7 +28,16 @@ def test_tiny_grid_prints_the_named_json_fields(tmp_path):
             assert set(cells) == {"0.0", "0.1", "0.2", "0.3"}
             assert all(0.0 <= v <= 1.0 for v in cells.values())
     assert out["inputs"]["malicious_counts"] == [0, 1, 2, 3]
-    assert {"within_2_points_at_0.3", "worst_drop_at_0.3", "mean_breaks"} <= set(out["targets"])
+    # With no malicious worker the attack does nothing: both attack rows hold the same run per rule.
+    for rule in ("mean", "trimmed_mean"):
+        assert out["results"]["sign_flip"][rule]["0.0"] == out["results"]["poisoned_demos"][rule]["0.0"]
+    # The targets are computed from the table: the worst drop from 0 % to 30 % malicious over the attacks.
+    targets = out["targets"]
+    for rule in ("mean", "trimmed_mean"):
+        worst = max(out["results"][a][rule]["0.0"] - out["results"][a][rule]["0.3"] for a in out["results"])
+        assert targets["worst_drop_at_0.3"][rule] == pytest.approx(worst)
+        assert targets["within_2_points_at_0.3"][rule] == (worst <= 0.02)
+    assert targets["mean_breaks"] == (targets["worst_drop_at_0.3"]["mean"] >= 0.10)
 
 
 def test_unknown_attack_is_a_clear_error():
