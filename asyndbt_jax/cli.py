@@ -262,6 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--samples", type=int, help=f"sampled configurations per estimate, I (default {DEFAULTS['samples']})")
     run.add_argument("--fragment-words", type=int, help=f"fragment length M (default {DEFAULTS['fragment_words']}; paper 75)")
     run.add_argument("--lower-rounds", type=int, help=f"lower-level primal-dual rounds K (default {DEFAULTS['lower_rounds']})")
+    run.add_argument("--cut-tolerance", type=float,
+                     help="ε: a refresh adds a cut when the lower level's gap, summed over the workers, exceeds it "
+                          "(default: 0.01 nats of training loss per worker, 0.01·R)")
     run.add_argument("--lr", type=float, help=f"Adam learning rate of both levels (default {DEFAULTS['lr']})")
     run.add_argument("--test-size", type=int, help=f"test examples (default {DEFAULTS['test_size']})")
     run.add_argument("--budget", type=int, help="most prompts the job may score; tuning stops before an iteration "

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import sys
 import time
 import tomllib
@@ -70,6 +71,7 @@ class JobConfig:
     samples: int = 4
     fragment_words: int = 10
     lower_rounds: int = 1
+    cut_tolerance: float | None = None  # ε: a refresh adds a cut when the lower-level gap (summed over workers) exceeds it; None: 0.01·R nats
     lr: float = 0.05
     test_size: int = 200
     budget: int | None = None  # most prompts the job may score (cache hits count: the run stays reproducible)
@@ -96,6 +98,8 @@ class JobConfig:
                      "test_size", "checkpoint_every", "candidates", "demos_per_class"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.cut_tolerance is not None and not (math.isfinite(self.cut_tolerance) and self.cut_tolerance > 0):
+            raise ValueError(f"cut_tolerance must be a finite positive number, got {self.cut_tolerance!r}")
         if self.demos_per_class > self.candidates:
             raise ValueError(f"demos_per_class ({self.demos_per_class}) cannot exceed candidates ({self.candidates})")
         if self.samples < 2 and self.method != "feddtpt":  # FedDTPT's clients may propose one candidate
@@ -406,7 +410,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
             shapes=shapes, iterations=cfg.iterations, num_active=cfg.active, max_staleness=cfg.staleness,
             seed=cfg.seed, history_path=str(out / "history.jsonl"), progress=cfg.progress,
             eval_every=1, test_every=cfg.iterations, num_samples=cfg.samples, lower_rounds=cfg.lower_rounds,
-            lr_fragment=cfg.lr, lr_demos=cfg.lr, num_malicious=cfg.malicious, attack=cfg.attack,
+            epsilon=cfg.cut_tolerance, lr_fragment=cfg.lr, lr_demos=cfg.lr, num_malicious=cfg.malicious, attack=cfg.attack,
             aggregator=cfg.aggregator, status=feedback.status, checkpoint=str(checkpoint),
             checkpoint_every=cfg.checkpoint_every, resume=resume, stop=near_budget,
             checkpoint_extra=lambda: {"prompts": done + feedback.prompts - tuning_start, "wall_seconds": wall()},
@@ -482,7 +486,8 @@ def _run_on_runtime(cfg: JobConfig, data, task, feedback, train, validation, spl
     from .runtime import run_runtime
 
     config = method_config(cfg.method, num_workers=cfg.workers, num_active=cfg.active, max_staleness=cfg.staleness,
-                           num_samples=cfg.samples, lower_rounds=cfg.lower_rounds, lr_fragment=cfg.lr, lr_demos=cfg.lr,
+                           num_samples=cfg.samples, lower_rounds=cfg.lower_rounds, epsilon=cfg.cut_tolerance,
+                           lr_fragment=cfg.lr, lr_demos=cfg.lr,
                            aggregator=cfg.aggregator, **shapes)
     make_feedback = (lambda: feedback) if cfg.runtime == "local" else functools.partial(_actor_feedback, cfg, task)
     _log(cfg, f"tuning on the {cfg.runtime} runtime: {cfg.workers} concurrent workers (S={cfg.active}, tau={cfg.staleness})")

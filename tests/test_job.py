@@ -52,6 +52,7 @@ def test_quick_run_then_a_free_rerun(tmp_path, capsys):
     (["--candidates", "0"], r"candidates must be >= 1, got 0"),
     (["--candidates", "2", "--demos-per-class", "3"], r"demos_per_class \(3\) cannot exceed candidates \(2\)"),
     (["--template", "fancy"], r"a task's template must be one of \('fitted', 'paper'\), got 'fancy'"),
+    (["--cut-tolerance", "0"], r"cut_tolerance must be a finite positive number, got 0.0"),
     (["--samples", "1"], r"samples must be >= 2 \(the gradient estimate compares sampled configurations\), got 1"),
     (["--budget", "100"], r"--budget 100 is too small: the baselines score 24 prompts and one iteration with its "
                           r"evaluation up to \d+"),
