@@ -108,7 +108,8 @@ def gap(fragment_probs, consensus, phi_probs, phi_consensus, norm: str = "l2sq",
 
     Args:
       fragment_probs: ``p [R, M, N]``; consensus: ``z [M, N]``; phi_probs, phi_consensus: ``φ`` alike.
-      norm: ``"l2sq"`` (squared ℓ2, ADBO; the default) or ``"l1"`` (the spec's default, measured worse: docs/algorithm.md).
+      norm: ``"l2sq"`` (squared ℓ2, ADBO) or ``"l1"`` (the paper's norm, measured worse: docs/algorithm.md). The
+        engine's default gap is neither: the value-function gap (:func:`value_cut`).
       combine: how the per-worker terms ``[R, M]`` are summed (default the plain sum; the
         engine passes ``R ×`` a robust rule, ``engine.worker_sum``).
 

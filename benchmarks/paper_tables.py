@@ -221,8 +221,11 @@ def tables(runs, args) -> tuple[str, dict]:
         "Measured with `python benchmarks/paper_tables.py` (this page is its output; re-run it to "
         "reproduce or extend the grid). Model: the embedded gemma-3-270m (Q4_K_M, dequantised to float32) — "
         "about 1/1000 of the paper's qwen-max, so absolute accuracies are far lower and the paper's numbers "
-        "are shown only for orientation. Settings: the `asyndbt run` defaults "
-        f"({_settings(runs)}); 3 workers, S=2, τ=4, lognormal(1.0) stragglers for the distributed methods. "
+        "are shown only for orientation. Settings: the paper's prompts (its templates, raw label scores) and "
+        f"otherwise the `asyndbt run` defaults ({_settings(runs)}); 3 workers, S=2, τ=4, lognormal(1.0) "
+        "stragglers for the distributed methods. The job's own prompts (a template fitted to this model, "
+        "calibrated scores) are measured in docs/tuning.md, and the bilevel ablation with them on SST-2 "
+        "(cenDBT, sync, AsynDBT against `joint`, demonstrations only and fragment only) in docs/algorithm.md. "
         "Cells: test accuracy %, mean ± sample std over seeds (the count in brackets). Hyper-parameters were "
         "not tuned on the test split. Every cell's run folders (config, per-iteration history, result) are "
         f"in `{os.path.relpath(args.runs_dir, ROOT)}/`.",

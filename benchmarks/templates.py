@@ -6,7 +6,7 @@ its test examples) with no demonstrations and with ``--draws`` random draws of o
 demonstration per class from the candidate pool. Every prompt also asks the content-free
 inputs, so raw and calibrated scores (contextual calibration) come from the same model calls.
 
-    python benchmarks/templates.py --tasks mr,glue:sst2 --glue-dir ../shared/data/glue --out docs/templates.json
+    python benchmarks/templates.py --tasks mr,glue:sst2 --glue-dir DIR --out docs/templates.json
 
 Prints one JSON object: per task, template and scoring the validation accuracy and mean
 cross-entropy of every prompt, their means, and ``chosen`` (the best template and scoring
