@@ -62,3 +62,21 @@ def test_runs_table_summarises_by_method(tmp_path):
     assert "| asyndbt | 2 | 80.0, 70.0 | 75.0 ± 7.1 | 2, 1 | 2, 1 |" in proc.stdout
     assert "| joint | 1 | 75.0 | 75.0 ± 0.0 | — | 0 |" in proc.stdout
     assert "unfinished" in proc.stdout
+
+
+@pytest.mark.slow
+def test_fragment_landscape_quick_summarises_what_it_scored():
+    """The real model scores the training queries with no fragment and with random ones; the summary is the
+    scores' own statistics (quick: one pair, two fragments, on MR)."""
+    proc = subprocess.run([sys.executable, str(BENCHMARKS / "fragment_landscape.py"), "--task", "mr", "--quick",
+                           "--json"], capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["benchmark"] == "fragment_landscape" and out["inputs"]["fragments"] == 2
+    (pair,) = out["pairs"]
+    assert pair["loss_fragments_min"] <= pair["loss_fragments_mean"] <= pair["loss_fragments_max"]
+    assert pair["best_gain"] == pytest.approx(pair["loss_fragments_mean"] - pair["loss_fragments_min"])
+    assert pair["loss_fragments_max"] > pair["loss_fragments_min"]  # two random fragments do not score alike
+    assert out["best_gain_mean"] == pytest.approx(pair["best_gain"])
+    # calibrated scoring asks 2 content-free inputs per prompt: (1 + 2 fragments) x (20 training queries + 2)
+    assert out["prompts"] == 3 * (out["inputs"]["training_queries"] + 2)
