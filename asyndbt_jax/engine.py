@@ -32,6 +32,7 @@ demonstrations, no lower level), ``demos-only``, and ``fedone`` (FedAvg of BDPL 
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, NamedTuple
 
@@ -225,6 +226,49 @@ class Data(NamedTuple):
 
 
 FeedbackFn = Callable[[Configuration, Any], Feedback]
+
+
+#: The hyper-parameters the compiled step takes as traced values: changing one between
+#: calls reuses the compiled step. Every other field (shapes, method switches, the gap, the
+#: aggregator and its options, the attack) is static: the step specialises on it.
+TRACED_HYPERPARAMETERS = ("lr_fragment", "lr_demos", "max_norm", "lr_dual", "dual_reg", "lower_lr", "lr_consensus",
+                          "lr_rho", "mu", "psi", "epsilon", "gamma")
+
+
+def split_config(config: AsynDBTConfig) -> tuple[AsynDBTConfig, dict]:
+    """``(static, hyper)``: ``config`` with every traced hyper-parameter blanked (the hashable
+    part a compiled step specialises on) and those hyper-parameters as float32 scalars, the
+    derived defaults resolved (``η_z = 1/(Rμ)``, ``ε``). ``static._replace(**hyper)`` inside
+    a trace is a config whose hyper-parameters are traced."""
+    resolved = config._replace(lr_consensus=config.eta_consensus(), epsilon=config.eps())
+    hyper = {name: jnp.asarray(getattr(resolved, name), jnp.float32) for name in TRACED_HYPERPARAMETERS}
+    return config._replace(**{name: None for name in TRACED_HYPERPARAMETERS}), hyper
+
+
+def jit_config(fn: Callable | None = None, *, static_argnums: tuple[int, ...] = (0,),
+               donate_argnums: tuple[int, ...] = ()):
+    """``jax.jit`` for a function whose first argument is an :class:`AsynDBTConfig`: the
+    config's shapes and switches are static, its hyper-parameters
+    (:data:`TRACED_HYPERPARAMETERS`) are traced, so a sweep over learning rates, ψ, μ, ε …
+    compiles once. ``static_argnums``/``donate_argnums`` index ``fn``'s own arguments (0 is
+    the config, always static). The compiled function is ``wrapped.compiled`` (its
+    ``_cache_size()`` counts compilations)."""
+    if fn is None:
+        return functools.partial(jit_config, static_argnums=static_argnums, donate_argnums=donate_argnums)
+    static = (0,) + tuple(i + 1 for i in static_argnums if i != 0)
+
+    def inner(static_config, hyper, *args):
+        return fn(static_config._replace(**hyper), *args)
+
+    compiled = jax.jit(inner, static_argnums=static, donate_argnums=tuple(i + 1 for i in donate_argnums))
+
+    @functools.wraps(fn)
+    def wrapped(config: AsynDBTConfig, *args):
+        static_config, hyper = split_config(config)
+        return compiled(static_config, hyper, *args)
+
+    wrapped.compiled = compiled
+    return wrapped
 
 
 def method_config(method: str, **kwargs) -> AsynDBTConfig:

@@ -67,6 +67,7 @@ from .engine import (
     written_cuts,
     cut_forces,
     init_state,
+    jit_config,
     lower_evaluation,
     lower_gradient,
     prompts_of,
@@ -92,7 +93,7 @@ class WorkerLost(RuntimeError):
 # --------------------------------------------------------------------------- worker side
 
 
-@partial(jax.jit, static_argnums=(0, 1))
+@jit_config(static_argnums=(0, 1))
 def _worker_update(config: AsynDBTConfig, feedback_fn, workers: WorkerState, force, broadcast, demo_coef, queries, key, rows):
     if config.server_rule == "fedavg" and config.use_fragment:
         workers = workers._replace(selection=workers.selection._replace(fragment_probs=broadcast))
@@ -101,19 +102,19 @@ def _worker_update(config: AsynDBTConfig, feedback_fn, workers: WorkerState, for
     return new, loss, cutlib.demo_terms(demo_coef, new.selection.demo_probs)
 
 
-@partial(jax.jit, static_argnums=(0, 1))
+@jit_config(static_argnums=(0, 1))
 def _worker_evaluation(config: AsynDBTConfig, feedback_fn, demo_probs, fragment_probs, queries, key, rows):
     G = rows.shape[0]
     return lower_evaluation(config, feedback_fn, demo_probs, fragment_probs, queries, key, jnp.zeros((G,), bool), rows)
 
 
-@partial(jax.jit, static_argnums=(0, 1))
+@jit_config(static_argnums=(0, 1))
 def _worker_gradient(config: AsynDBTConfig, feedback_fn, demo_probs, fragment_probs, queries, key, rows):
     G = rows.shape[0]
     return lower_gradient(config, feedback_fn, demo_probs, fragment_probs, queries, key, jnp.zeros((G,), bool), rows)
 
 
-@partial(jax.jit, static_argnums=(0, 1))
+@jit_config(static_argnums=(0, 1))
 def _worker_accuracy(config: AsynDBTConfig, feedback_fn, selection, consensus, queries):
     prompts = prompts_of(config, selection, consensus)
     one = Configuration(prompts.fragment_words[:, None, :], prompts.demos[:, None, :])
@@ -382,11 +383,11 @@ def run_runtime(
     grad_q_shape = (config.num_classes, config.num_candidates)
     val_batch = jax.tree.leaves(data.validation)[0].shape[-1]
     train_batch = jax.tree.leaves(data.train)[0].shape[-1]
-    receive = jax.jit(server_receive, static_argnums=0)
-    one_round = jax.jit(refresh_round, static_argnums=0)
-    add_cuts = jax.jit(refresh_cuts, static_argnums=0)
-    forces_of = jax.jit(cut_forces, static_argnums=0)
-    value_cuts = jax.jit(refresh_value_cuts, static_argnums=0)
+    receive = jit_config(server_receive)
+    one_round = jit_config(refresh_round)
+    add_cuts = jit_config(refresh_cuts)
+    forces_of = jit_config(cut_forces)
+    value_cuts = jit_config(refresh_value_cuts)
     value_gap = bilevel and config.gap_norm == "value"
     C = config.cut_capacity
     slot_written = np.full(C, -1, np.int64)  # the refresh count at which each cut slot was last written

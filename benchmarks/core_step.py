@@ -10,6 +10,9 @@ and threaded from one iteration to the next, as the simulator runs it). Shapes: 
 U=2, V=50, cut capacity 4. The NumPy side (benchmarks/numpy_step.py) loops over workers
 in Python with each worker's maths vectorised in NumPy; tests/test_core_step.py checks
 that both give the same result. ``ratio_by_workers`` maps R to numpy_seconds / jax_seconds.
+``recompiles_on_hyperparameter_change``: compilations of the step caused by changing the
+learning rates, ψ, μ and ε between two steps at the smallest R (hyper-parameters are traced
+values: ``engine.jit_config``; 0 is the target).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 import numpy_step  # noqa: E402
 
-from asyndbt_jax.engine import Data, server_step  # noqa: E402
+from asyndbt_jax.engine import Data, jit_config, server_step  # noqa: E402
 from asyndbt_jax.oracle import oracle_feedback  # noqa: E402
 
 
@@ -48,6 +51,22 @@ def time_threaded(step, config, feedback, state, arrived, data, repeats: int = 7
     return {"first_call_s": first, "median_s": float(np.median(times)), "min_s": min(times), "repeats_s": times}
 
 
+def recompiles_on_hyperparameter_change(R: int) -> int:
+    """Compilations a compiled step adds when a step changes the learning rates, ψ, μ and ε
+    (after two steps with the same ones)."""
+    step = jit_config(server_step, static_argnums=(0, 1), donate_argnums=(2,))
+    task, config, state = numpy_step.make_case(R)
+    feedback = functools.partial(oracle_feedback, task.oracle)
+    data, arrived = Data(task.train, task.validation), jnp.ones(R, bool)
+    for _ in range(2):  # the second call sees the step's own output state (its types may differ from make_case's)
+        state, _ = _common.block(step(config, feedback, state, arrived, data))
+    before = step.compiled._cache_size()
+    changed = config._replace(lr_fragment=config.lr_fragment * 3, lr_demos=config.lr_demos / 2, psi=config.psi * 10,
+                              mu=config.mu / 2, epsilon=0.123)
+    _common.block(step(changed, feedback, state, arrived, data))
+    return step.compiled._cache_size() - before
+
+
 def main() -> None:
     def extra(p):
         p.add_argument("--workers", type=int, nargs="+", help="worker counts (default 10 100 1000 10000 100000)")
@@ -55,7 +74,7 @@ def main() -> None:
 
     args = _common.parse_args(__doc__.splitlines()[1], extra)
     workers_list = args.workers or ([10, 100] if args.quick else [10, 100, 1000, 10_000, 100_000])
-    step = jax.jit(server_step, static_argnums=(0, 1), donate_argnums=2)  # as the simulator runs it
+    step = jit_config(server_step, static_argnums=(0, 1), donate_argnums=(2,))  # as the simulator runs it
     results = {}
     for R in workers_list:
         _common.log(args, f"workers={R}")
@@ -80,6 +99,8 @@ def main() -> None:
             _common.log(args, f"  ratio {row['ratio_numpy_over_jax']:.1f}")
         results[str(R)] = row
         del task, state, data
+    recompiles = recompiles_on_hyperparameter_change(min(workers_list))
+    _common.log(args, f"recompiles on a hyper-parameter change: {recompiles}")
     per_worker = {w: r["jax"]["per_worker_us"] for w, r in results.items()}
     big = [w for w in per_worker if int(w) >= 1000]
     out = {
@@ -89,6 +110,7 @@ def main() -> None:
         "results": results,
         "ratio_by_workers": {w: r["ratio_numpy_over_jax"] for w, r in results.items() if "ratio_numpy_over_jax" in r},
         "jax_per_worker_us": per_worker,
+        "recompiles_on_hyperparameter_change": recompiles,
         "per_worker_max_over_min_from_1k": (max(per_worker[w] for w in big) / min(per_worker[w] for w in big)) if len(big) > 1 else None,
     }
     _common.emit(out, args)
