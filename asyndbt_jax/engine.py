@@ -412,7 +412,7 @@ def init_state(config: AsynDBTConfig, key: jax.Array) -> EngineState:
     opt = _optimizer(config)
     workers = WorkerState(selection, jax.vmap(opt.init)(selection))
     server = ServerState(
-        consensus=jnp.full((M, N), 1.0 / N),
+        consensus=jnp.full((M, N), 1.0 / N, jnp.float32),  # not weak-typed: the step returns it strong
         duals=jnp.zeros((R, M, N)),
         cuts=cutlib.init_cuts(
             M, config.cut_capacity, R, N, demo_shape=(config.num_classes, config.num_candidates), per_row=config.gap_norm != "value"
