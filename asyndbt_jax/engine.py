@@ -45,7 +45,7 @@ from . import attacks as attacklib
 from . import cuts as cutlib
 from ._checks import per_worker
 from .estimators import selection_gradient
-from .feedback import Feedback
+from .feedback import Feedback, FeedbackFn
 from .lower_level import LowerLevelState, PrimalDualHyperparams, primal_dual_round, primal_dual_rounds, server_consensus_step
 from .optim import project_onto_simplex
 from .simplex import project_simplex
@@ -223,9 +223,6 @@ class Data(NamedTuple):
 
     train: Any
     validation: Any
-
-
-FeedbackFn = Callable[[Configuration, Any], Feedback]
 
 
 #: The hyper-parameters the compiled step takes as traced values: changing one between
