@@ -47,7 +47,6 @@ import logging
 import sys
 import time
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any, Callable, NamedTuple
 
 import jax

@@ -1,4 +1,5 @@
-"""Shared helpers for benchmarks: device facts, timing of compiled JAX functions, JSON output."""
+"""Shared helpers for benchmarks: device facts, timing of compiled JAX functions, JSON output,
+the labelled data of a task."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 import time
 
 import jax
@@ -22,6 +24,18 @@ def parse_args(description: str, extra=None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print only the JSON object (no progress lines)")
     parser.add_argument("--out", help="also write the JSON object to this file")
     return parser.parse_args()
+
+
+def load_task(name: str, glue_dir):
+    """The labelled data of ``name``: ``glue:NAME`` reads the GLUE files' train.tsv under
+    ``glue_dir``; any other name is a registry task (prepared once from the package registries)."""
+    from asyndbt_jax.tasks import load_glue, prepare
+
+    if name.startswith("glue:"):
+        if not glue_dir:
+            raise SystemExit(f"{name} needs --glue-dir")
+        return load_glue(glue_dir, name[5:], "train")
+    return prepare(name, log=lambda m: print(m, file=sys.stderr))
 
 
 def machine() -> dict:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, machine, parse_args  # noqa: E402
+from _common import emit, load_task, machine, parse_args  # noqa: E402
 
 
 def _args(parser):
@@ -38,18 +38,12 @@ def _args(parser):
 
 def main():
     from asyndbt_jax.llm import LLMFeedback, LocalScorer, ResponseCache, cache_root
-    from asyndbt_jax.tasks import load_glue, paper_split, prepare, with_template
+    from asyndbt_jax.tasks import paper_split, with_template
 
     args = parse_args(__doc__.splitlines()[0], _args)
     if args.quick:
         args.pairs, args.fragments = 1, 2
-    if args.task.startswith("glue:"):
-        if not args.glue_dir:
-            raise SystemExit("--glue-dir is required for a glue: task")
-        data = load_glue(args.glue_dir, args.task[5:], "train")
-    else:
-        data = prepare(args.task, log=lambda m: print(m, file=sys.stderr))
-    data = with_template(data, "fitted")
+    data = with_template(load_task(args.task, args.glue_dir), "fitted")
     split = paper_split(data, seed=args.seed)
     task = split.prompt_task()
     feedback = LLMFeedback(task, LocalScorer(args.model), cache=ResponseCache(cache_root() / "responses.sqlite"),

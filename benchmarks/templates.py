@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, machine, parse_args  # noqa: E402
+from _common import emit, load_task, machine, parse_args  # noqa: E402
 
 
 def _args(parser):
@@ -31,16 +31,6 @@ def _args(parser):
     parser.add_argument("--seeds", type=int, default=3, help="split seeds per task")
     parser.add_argument("--draws", type=int, default=3, help="random demonstration draws per seed")
     parser.add_argument("--model", default="gemma3-270m")
-
-
-def load(name: str, glue_dir):
-    from asyndbt_jax.tasks import load_glue, prepare
-
-    if name.startswith("glue:"):
-        if not glue_dir:
-            raise SystemExit(f"{name} needs --glue-dir")
-        return load_glue(glue_dir, name[5:], "train")
-    return prepare(name, log=lambda m: print(m, file=sys.stderr))
 
 
 def main():
@@ -55,7 +45,7 @@ def main():
     started = time.perf_counter()
     out = {"benchmark": "templates", "model": scorer.name, "seeds": seeds, "draws": draws, "tasks": {}}
     for name in args.tasks.split(","):
-        data = load(name, args.glue_dir)
+        data = load_task(name, args.glue_dir)
         rows = {}
         for style in ("paper", "fitted"):
             styled = with_template(data, style)

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, machine, parse_args  # noqa: E402
+from _common import emit, load_task, machine, parse_args  # noqa: E402
 
 
 def _args(parser):
@@ -71,13 +71,9 @@ class TableFeedback:
 
 def build_table(args):
     from asyndbt_jax.llm import LLMFeedback, LocalScorer, ResponseCache, cache_root
-    from asyndbt_jax.tasks import load_glue, paper_split, prepare, with_template
+    from asyndbt_jax.tasks import paper_split, with_template
 
-    if args.task.startswith("glue:"):
-        data = load_glue(args.glue_dir, args.task[5:], "train")
-    else:
-        data = prepare(args.task, log=lambda m: print(m, file=sys.stderr))
-    data = with_template(data, "fitted")
+    data = with_template(load_task(args.task, args.glue_dir), "fitted")
     split = paper_split(data, seed=args.split_seed, test=args.test)
     task = split.prompt_task(empty_slot=args.empty_slot)
     queries = np.concatenate([split.train, split.validation, split.test])
