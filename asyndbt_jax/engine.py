@@ -424,8 +424,10 @@ def init_state(config: AsynDBTConfig, key: jax.Array) -> EngineState:
 
 
 def _scored_config(config: AsynDBTConfig, selection: SelectionVariables, key, rows=None) -> Configuration:
-    rows_of = None if rows is None else (config.num_workers, rows)
-    sampled = sample_configurations(key, selection, config.num_samples, rows_of=rows_of)
+    # every worker draws from its own stream (fold_in(key, worker)): the same draws whether
+    # the batch holds all R workers, the arrived ones gathered, or one worker process
+    workers = jnp.arange(config.num_workers) if rows is None else rows
+    sampled = sample_configurations(key, selection, config.num_samples, workers=workers)
     if not config.use_fragment:
         sampled = sampled._replace(fragment_words=jnp.full_like(sampled.fragment_words, -1))
     if not config.use_demos:
@@ -441,6 +443,47 @@ def _masked_gradient(config: AsynDBTConfig, selection, sampled, losses) -> Selec
     )
 
 
+def gather_cuts(cuts: cutlib.CutBuffer, rows) -> cutlib.CutBuffer:
+    """The cut buffer restricted to workers ``rows`` (their coefficients on ``p`` and ``q``)."""
+    return cuts._replace(worker_coef=tuple(a[rows] for a in cuts.worker_coef),
+                         demo_coef=tuple(e[rows] for e in cuts.demo_coef))
+
+
+def reply_arrived(config: AsynDBTConfig, feedback_fn: FeedbackFn, workers: WorkerState, cuts: cutlib.CutBuffer,
+                  arrived, queries, key, malicious):
+    """:func:`worker_reply` for the arrived workers only, at a cost in proportion to them.
+
+    With ``S = num_active < R`` the arrived workers are gathered ``S`` at a time (a static
+    shape) and their new state is scattered back; an iteration where more than ``S`` arrive
+    (the broadcast at iteration 0, workers forced by the staleness bound) takes more
+    chunks. Every worker draws from its own random stream, so the result equals the dense
+    step over all ``R`` workers masked by ``arrived`` (``S = R`` runs that dense step).
+
+    Returns:
+      ``(new_workers, mean_loss [R])`` (0 for workers that did not arrive).
+    """
+    R, S = config.num_workers, config.num_active
+    if S >= R:
+        return worker_reply(config, feedback_fn, workers, cut_forces(config, cuts), arrived, queries, key, malicious)
+    chunks = -(-R // S)
+    order = jnp.nonzero(arrived, size=chunks * S, fill_value=R)[0]  # arrived workers first, then R (padding)
+    count = jnp.sum(arrived.astype(jnp.int32))
+
+    def chunk(k, carry):
+        workers, losses = carry
+        index = jax.lax.dynamic_slice(order, (k * S,), (S,))
+        rows = jnp.minimum(index, R - 1)  # padding reads a real row; its result is dropped below
+        take = lambda x: x[rows]  # noqa: E731
+        sub = jax.tree.map(take, workers)
+        force = cut_forces(config, gather_cuts(cuts, rows))
+        new, loss = worker_reply(config, feedback_fn, sub, force, index < R, jax.tree.map(take, queries), key,
+                                 malicious[rows], rows)
+        put = lambda full, part: full.at[index].set(part, mode="drop")  # noqa: E731
+        return jax.tree.map(put, workers, new), put(losses, loss)
+
+    return jax.lax.fori_loop(0, (count + S - 1) // S, chunk, (workers, jnp.zeros((R,), jnp.float32)))
+
+
 def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, replied, queries, key, malicious, rows=None):
     """Every replied worker computes its next upper-level update (worker side).
 
@@ -451,8 +494,9 @@ def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, r
 
     Args:
       rows: int ``[G]``: the arrays hold only workers ``rows`` of the ``R`` (leading axis
-        ``G``), as a worker process of the real runtime does; they draw exactly what those
-        rows draw in the batched step. ``None``: all ``R`` workers.
+        ``G``): the arrived workers gathered (:func:`reply_arrived`) or a worker process of
+        the real runtime; they draw exactly what those rows draw in the dense step.
+        ``None``: all ``R`` workers.
 
     Returns:
       ``(new_workers, mean_loss [R])``.
@@ -692,8 +736,7 @@ def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineSta
         # FedAvg: the replied workers start from the broadcast global fragment (their Adam state is kept).
         broadcast = jnp.where(arrived[:, None, None], z[None], workers.selection.fragment_probs)
         workers = workers._replace(selection=workers.selection._replace(fragment_probs=broadcast))
-    force = cut_forces(config, server.cuts)
-    workers, losses = worker_reply(config, feedback_fn, workers, force, arrived, data.validation, k_reply, malicious)
+    workers, losses = reply_arrived(config, feedback_fn, workers, server.cuts, arrived, data.validation, k_reply, malicious)
 
     val_batch = jax.tree.leaves(data.validation)[0].shape[-1]
     staleness = jnp.where(arrived, 0, server.staleness + 1).astype(jnp.int32)

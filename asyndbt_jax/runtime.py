@@ -93,12 +93,17 @@ class WorkerLost(RuntimeError):
 
 
 @jit_config(static_argnums=(0, 1))
-def _worker_update(config: AsynDBTConfig, feedback_fn, workers: WorkerState, force, broadcast, demo_coef, queries, key, rows):
+def _worker_update(config: AsynDBTConfig, feedback_fn, workers: WorkerState, force, broadcast, queries, key, rows):
     if config.server_rule == "fedavg" and config.use_fragment:
         workers = workers._replace(selection=workers.selection._replace(fragment_probs=broadcast))
     G = rows.shape[0]
     new, loss = worker_reply(config, feedback_fn, workers, force, jnp.ones((G,), bool), queries, key, jnp.zeros((G,), bool), rows)
-    return new, loss, cutlib.demo_terms(demo_coef, new.selection.demo_probs)
+    return new, loss
+
+
+#: ``e_lᵀq`` of the workers a batch holds (its own compiled function, used alike by a worker
+#: after its update and by a resumed server for every worker's saved ``q``: the same rounding)
+_demo_terms = jax.jit(cutlib.demo_terms)
 
 
 @jit_config(static_argnums=(0, 1))
@@ -173,8 +178,9 @@ class Worker:
             time.sleep(float(d[0]) * self.delay_seconds)
         force = SelectionVariables(np.asarray(force_fragment)[None], np.asarray(force_demos)[None])
         coef = tuple(np.asarray(e)[None] for e in demo_coef)  # C arrays [1, U, V]
-        new, loss, terms = _worker_update(self.config, self.feedback_fn, self.workers, force, np.asarray(broadcast)[None],
-                                          coef, self.data.validation, _key(key_data), self.rows)
+        new, loss = _worker_update(self.config, self.feedback_fn, self.workers, force, np.asarray(broadcast)[None],
+                                   self.data.validation, _key(key_data), self.rows)
+        terms = _demo_terms(coef, new.selection.demo_probs)
         self._check()
         self.workers = new
         return np.asarray(new.selection.fragment_probs[0]), float(loss[0]), np.asarray(terms[0])
@@ -492,12 +498,14 @@ def run_runtime(
         save_checkpoint(checkpoint, EngineState(known, server, key, jnp.zeros((R,), bool)), meta)
 
     received_init = np.asarray(state.workers.selection.fragment_probs)
+    # what every worker reports of its q with its (re)joining message: e_lᵀq for the current cuts
+    terms_init = np.asarray(_demo_terms(state.server.cuts.demo_coef, state.workers.selection.demo_probs))
     del state
     try:
         for it in range(first, iterations):
             if it == first:
                 arrived = np.ones(R, bool)
-                p = received_init
+                p, terms = received_init, terms_init
                 losses = np.zeros(R)
             else:
                 while True:
@@ -528,7 +536,7 @@ def run_runtime(
             mean_loss = float(losses[arrived].mean()) if it > first and num_arrived else None
             key, k_refresh, k_reply = jax.random.split(key, 3)
             server, num_rejected = receive(config, server, jnp.asarray(p, server.received.dtype), jnp.asarray(arrived),
-                                           None if it == first else jnp.asarray(terms, server.demo_terms.dtype))
+                                           jnp.asarray(terms, server.demo_terms.dtype))
             queries = 0
             refreshed = bilevel and it % config.refresh_every == 0
             cuts_before, added, record_gap = server.cuts, 0, None

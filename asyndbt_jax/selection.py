@@ -90,7 +90,7 @@ def init_selection(
     )
 
 
-def sample_categorical(key: jax.Array, probs, num_samples: int, *, rows_of=None) -> jax.Array:
+def sample_categorical(key: jax.Array, probs, num_samples: int, *, workers=None) -> jax.Array:
     """Draw ``num_samples`` independent indices from every row of ``probs`` (inverse CDF).
 
     Args:
@@ -98,10 +98,10 @@ def sample_categorical(key: jax.Array, probs, num_samples: int, *, rows_of=None)
       probs: ``[..., rows, n]`` probabilities (rows need not be exactly normalised: each
         row is scaled by its own total; entries are clipped at 0).
       num_samples: ``I >= 1``.
-      rows_of: ``(R, index)`` with ``probs [G, rows, n]`` and int ``index [G]``: draw what
-        rows ``index`` of a ``[R, rows, n]`` batch would draw from the same key. A worker
-        holding only its own row (the real runtime) thus samples exactly what it samples
-        inside the simulator's batched step.
+      workers: int ``[G]`` with ``probs [G, rows, n]``: the leading axis holds these
+        workers, and worker ``w`` draws from ``fold_in(key, w)``. A worker thus samples the
+        same whichever batch holds it: all ``R`` (the simulator's dense step), the ``S``
+        that arrived (its gathered step) or itself alone (a worker of the real runtime).
 
     Returns:
       int32 ``[..., I, rows]``: sample ``k`` of row ``r`` is ``out[..., k, r]``.
@@ -118,13 +118,13 @@ def sample_categorical(key: jax.Array, probs, num_samples: int, *, rows_of=None)
     check_probabilities("probs", probs)
     cdf = jnp.cumsum(jnp.maximum(probs, 0.0), axis=-1)  # [..., rows, n]
     batch, rows, n = probs.shape[:-2], probs.shape[-2], probs.shape[-1]
-    if rows_of is None:
+    if workers is None:
         u = jax.random.uniform(key, batch + (rows, num_samples), dtype=cdf.dtype)
     else:
-        total, index = rows_of
-        if len(batch) != 1:
-            raise ValueError(f"rows_of needs probs [G, rows, n], got {tuple(probs.shape)}")
-        u = jax.random.uniform(key, (total, rows, num_samples), dtype=cdf.dtype)[jnp.asarray(index)]
+        if len(batch) != 1 or jnp.shape(workers) != batch:
+            raise ValueError(f"workers [G] needs probs [G, rows, n], got workers {jnp.shape(workers)} and probs {tuple(probs.shape)}")
+        u = jax.vmap(lambda w: jax.random.uniform(jax.random.fold_in(key, w), (rows, num_samples), dtype=cdf.dtype))(
+            jnp.asarray(workers))
     targets = u * cdf[..., -1:]  # [..., rows, I]: each row scaled by its own total
     flat_cdf = cdf.reshape(-1, n)
     flat_targets = targets.reshape(-1, num_samples)
@@ -153,23 +153,23 @@ def categorical_log_prob(probs, samples) -> jax.Array:
     return jnp.sum(jnp.log(picked), axis=-1)
 
 
-def sample_configurations(key: jax.Array, selection: SelectionVariables, num_samples: int, *, rows_of=None) -> Configuration:
+def sample_configurations(key: jax.Array, selection: SelectionVariables, num_samples: int, *, workers=None) -> Configuration:
     """Sample ``I`` prompt configurations (fragment words and demonstrations together).
 
     Args:
       key: a ``jax.random`` key.
       selection: ``SelectionVariables`` with any leading axes.
       num_samples: ``I``.
-      rows_of: ``(R, index)``: the rows ``index`` of an ``R``-worker draw (see
-        :func:`sample_categorical`).
+      workers: int ``[G]``: the workers the leading axis holds, each drawing from its own
+        stream (see :func:`sample_categorical`).
 
     Returns:
       ``Configuration`` with ``fragment_words [..., I, M]`` and ``demos [..., I, U]``.
     """
     fragment_key, demo_key = jax.random.split(key)
     return Configuration(
-        fragment_words=sample_categorical(fragment_key, selection.fragment_probs, num_samples, rows_of=rows_of),
-        demos=sample_categorical(demo_key, selection.demo_probs, num_samples, rows_of=rows_of),
+        fragment_words=sample_categorical(fragment_key, selection.fragment_probs, num_samples, workers=workers),
+        demos=sample_categorical(demo_key, selection.demo_probs, num_samples, workers=workers),
     )
 
 

@@ -13,6 +13,12 @@ that both give the same result. ``ratio_by_workers`` maps R to numpy_seconds / j
 ``recompiles_on_hyperparameter_change``: compilations of the step caused by changing the
 learning rates, ψ, μ and ε between two steps at the smallest R (hyper-parameters are traced
 values: ``engine.jit_config``; 0 is the target).
+
+``gather_speedup``: with S of R workers arriving (R = 10,000, S = 100 by default; ``--quick``:
+R = 2,000, S = 20, the same 1 %), the seconds of the dense step (``num_active = R``: all R
+workers computed, the S arrived kept) over those of the gathered step (``num_active = S``:
+the arrived workers gathered, the cost in proportion to S), timed alternately in one run on
+the same arrivals; both end in the same state (tests/test_core_step.py). Target ≥ 10.
 """
 
 from __future__ import annotations
@@ -66,10 +72,38 @@ def recompiles_on_hyperparameter_change(R: int) -> int:
     return step.compiled._cache_size() - before
 
 
+def gather_speedup(R: int, S: int, repeats: int = 5) -> dict:
+    """Dense-masked seconds over gathered seconds for one iteration with ``S`` of ``R``
+    workers arriving (the same arrivals every iteration; no refresh in the timed ones)."""
+    step = jit_config(server_step, static_argnums=(0, 1), donate_argnums=(2,))
+    task, config, state = numpy_step.make_case(R)
+    feedback = functools.partial(oracle_feedback, task.oracle)
+    data = Data(task.train, task.validation)
+    arrived = jnp.asarray(np.isin(np.arange(R), np.random.default_rng(0).choice(R, S, replace=False)))
+    configs = {"dense": config._replace(num_active=R), "gathered": config._replace(num_active=S)}
+    states = {"dense": state, "gathered": jax.tree.map(jnp.copy, state)}
+    del state
+    first, times = {}, {name: [] for name in configs}
+    for name in configs:  # the first call compiles
+        t0 = time.perf_counter()
+        states[name], _ = _common.block(step(configs[name], feedback, states[name], arrived, data))
+        first[name] = time.perf_counter() - t0
+    for _ in range(repeats):  # alternately, so both see the same machine load
+        for name in configs:
+            t0 = time.perf_counter()
+            states[name], _ = _common.block(step(configs[name], feedback, states[name], arrived, data))
+            times[name].append(time.perf_counter() - t0)
+    median = {name: float(np.median(t)) for name, t in times.items()}
+    return {"workers": R, "arrived": S, "first_call_s": first, "median_s": median, "repeats_s": times,
+            "gather_speedup": median["dense"] / median["gathered"]}
+
+
 def main() -> None:
     def extra(p):
         p.add_argument("--workers", type=int, nargs="+", help="worker counts (default 10 100 1000 10000 100000)")
         p.add_argument("--numpy-max", type=int, default=1000, help="largest R timed on the NumPy side")
+        p.add_argument("--gather", type=int, nargs=2, metavar=("R", "S"),
+                       help="workers and arrivals of the gathered-step timing (default 10000 100; --quick 2000 20)")
 
     args = _common.parse_args(__doc__.splitlines()[1], extra)
     workers_list = args.workers or ([10, 100] if args.quick else [10, 100, 1000, 10_000, 100_000])
@@ -98,6 +132,10 @@ def main() -> None:
             _common.log(args, f"  ratio {row['ratio_numpy_over_jax']:.1f}")
         results[str(R)] = row
         del task, state, data
+    R_gather, S_gather = args.gather or ((2000, 20) if args.quick else (10_000, 100))
+    _common.log(args, f"gathered step: {S_gather} of {R_gather} workers arrive")
+    gathered = gather_speedup(R_gather, S_gather)
+    _common.log(args, f"  gather speed-up {gathered['gather_speedup']:.1f}")
     recompiles = recompiles_on_hyperparameter_change(min(workers_list))
     _common.log(args, f"recompiles on a hyper-parameter change: {recompiles}")
     per_worker = {w: r["jax"]["per_worker_us"] for w, r in results.items()}
@@ -110,6 +148,8 @@ def main() -> None:
         "ratio_by_workers": {w: r["ratio_numpy_over_jax"] for w, r in results.items() if "ratio_numpy_over_jax" in r},
         "jax_per_worker_us": per_worker,
         "recompiles_on_hyperparameter_change": recompiles,
+        "gather": gathered,
+        "gather_speedup": gathered["gather_speedup"],
         "per_worker_max_over_min_from_1k": (max(per_worker[w] for w in big) / min(per_worker[w] for w in big)) if len(big) > 1 else None,
     }
     _common.emit(out, args)

@@ -130,10 +130,14 @@ def adam(param, grad, moments, t, lr, b1=0.9, b2=0.999, eps=1e-8):
 
 
 def _uniforms(key, R, M, U, I):
-    """The uniforms ``sample_configurations`` draws from ``key``: fragment ``[R, M, I]``, demonstrations ``[R, U, I]``."""
+    """The uniforms ``sample_configurations`` draws from ``key``: fragment ``[R, M, I]``,
+    demonstrations ``[R, U, I]``; worker ``v`` draws from its own stream ``fold_in(key, v)``."""
     k_frag, k_demo = jax.random.split(key)
-    return (np.asarray(jax.random.uniform(k_frag, (R, M, I)), np.float64),
-            np.asarray(jax.random.uniform(k_demo, (R, U, I)), np.float64))
+
+    def draw(k, rows):
+        return np.stack([np.asarray(jax.random.uniform(jax.random.fold_in(k, v), (rows, I)), np.float64) for v in range(R)])
+
+    return draw(k_frag, M), draw(k_demo, U)
 
 
 def _losses(oracle, queries, v, demos, words):

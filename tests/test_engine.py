@@ -231,7 +231,7 @@ def test_the_cuts_move_both_levels(task):
     """An active value-function cut with a positive dual changes every replied worker's p and q
     (its force on q is the hypergradient λ e); with the dual at zero the step is the upper
     level's alone."""
-    cfg = config(epsilon=1e-4, num_samples=16, num_active=R, lr_fragment=0.05, lr_demos=0.05)
+    cfg = config(epsilon=1e-4, num_samples=32, num_active=R, lr_fragment=0.05, lr_demos=0.05)
     state, metrics = _one_step(task, cfg, _refresh_state(task, cfg))
     assert int(metrics.added_cuts) == 1
     with_force = state._replace(server=state.server._replace(cuts=state.server.cuts._replace(
