@@ -21,6 +21,11 @@ are traced: ``hp = opt.hyperparams()`` gives their defaults, and ``step(..., hp)
 values (same keys, same types) reuses the compilation. ``lr_consensus`` (``η_z``) and ``epsilon`` (``ε``) default to values
 derived from the configuration (``1/(Rμ)``, ``0.01·R``); pass them too when you change ``mu``.
 
+``num_active`` (S) sets the cost of a step: the arrived workers' replies are computed S at a
+time (an iteration with more arrivals takes more chunks), so a step with S of R workers
+arriving costs in proportion to S; the default ``num_active = num_workers`` computes all R
+workers masked, the better choice when most arrive. Both give the same result.
+
 The scheduling (which workers arrive, the staleness bound τ) is the caller's: ``step``
 counts each worker's staleness (``state.workers.staleness``) and refreshes the lower level
 every ``refresh_every`` iterations with every worker, as the simulator does.
