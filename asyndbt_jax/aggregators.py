@@ -171,8 +171,9 @@ def geometric_median(
     """Smoothed Weiszfeld geometric median (Pillutla et al.'s RFA) of the participating updates.
 
     Iterates ``y ← Σ_r β_r x_r / Σ_r β_r`` with ``β_r = w_r / max(smoothing, ||x_r − y||)``
-    from the weighted mean, stopping after ``max_iterations`` or once
-    ``||y_new − y|| ≤ tol · max(||y||, 1e-12)``.
+    from the coordinate-wise median of the participants (a start the attackers cannot move
+    far, unlike the mean: with a bounded iteration count the start matters), stopping after
+    ``max_iterations`` or once ``||y_new − y|| ≤ tol · max(||y||, 1e-12)``.
 
     Returns:
       ``(median, GeometricMedianInfo)``.
@@ -182,9 +183,10 @@ def geometric_median(
     if not tol >= 0 or not smoothing > 0:
         raise ValueError(f"tol must be >= 0 and smoothing > 0, got tol={tol!r}, smoothing={smoothing!r}")
     R = worker_count(updates)
-    w = _weights(weights, _mask(mask, R))
+    mask = _mask(mask, R)
+    w = _weights(weights, mask)
     flat, unflatten = _flatten(updates)
-    y0 = _weighted_average(flat, w)
+    y0 = _flatten(jax.tree.map(lambda x: x[None], coordinate_median(updates, jnp.where(jnp.any(mask & (w > 0)), mask & (w > 0), mask))))[0][0].astype(flat.dtype)
 
     def body(carry):
         y, _, it = carry
@@ -200,6 +202,13 @@ def geometric_median(
 
     y, change, it = jax.lax.while_loop(cond, body, (y0, jnp.asarray(jnp.inf, y0.dtype), jnp.asarray(0, jnp.int32)))
     return unflatten(y), GeometricMedianInfo(it, change <= tol, change)
+
+
+def _masked_median(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """Median of ``values [R]`` over the participants (mean of the two middle values)."""
+    n = jnp.sum(mask)
+    v = _order_statistics(values, mask, jnp.stack([(n - 1) // 2, n // 2]))
+    return 0.5 * v[0] + 0.5 * v[1]
 
 
 def _pairwise_sq_distances(flat: jax.Array) -> jax.Array:
@@ -265,14 +274,21 @@ def centered_clipping(
     weights=None,
     *,
     center: PyTree | None = None,
-    radius: float = 1.0,
+    radius: float | None = None,
     num_iterations: int = 3,
 ) -> PyTree:
     """Centred clipping (Karimireddy et al., 2021): ``v ← v + Σ_r w_r clip_τ(x_r − v) / Σ_r w_r``
     repeated ``num_iterations`` times from ``center`` (default: the coordinate-wise median, so the
-    rule is robust without a previous aggregate)."""
-    if not (radius > 0) or not (isinstance(num_iterations, int) and num_iterations >= 1):
-        raise ValueError(f"radius must be > 0 and num_iterations >= 1, got {radius!r}, {num_iterations!r}")
+    rule is robust without a previous aggregate).
+
+    ``radius`` τ: a fixed clipping radius, or ``None`` (the default) for an adaptive one,
+    recomputed each iteration as the median distance of the participants to ``v``. A fixed
+    radius has to match the updates' scale, which differs between uses and changes during a
+    run; at the median distance at most half the participants are clipped, and whatever the
+    attackers (a minority) send, the radius stays within the honest workers' distances.
+    """
+    if not (radius is None or radius > 0) or not (isinstance(num_iterations, int) and num_iterations >= 1):
+        raise ValueError(f"radius must be > 0 (or None: adaptive) and num_iterations >= 1, got {radius!r}, {num_iterations!r}")
     R = worker_count(updates)
     mask = _mask(mask, R)
     w = _weights(weights, mask)
@@ -287,7 +303,8 @@ def centered_clipping(
     def step(v, _):
         diff = flat - v
         norm = jnp.sqrt(jnp.sum(diff**2, axis=1))
-        scale = jnp.minimum(1.0, radius / jnp.maximum(norm, 1e-30))
+        tau = radius if radius is not None else _masked_median(norm, mask)
+        scale = jnp.minimum(1.0, tau / jnp.maximum(norm, 1e-30))
         return v + _weighted_average(diff * scale[:, None], w), None
 
     v, _ = jax.lax.scan(step, v, None, length=num_iterations)
@@ -320,6 +337,85 @@ def sign_consensus(
     )
 
 
+# ----------------------------------------------------------------------------- pre-aggregation
+#
+# Honest workers with different data send different updates, and a robust rule that
+# trusts the dense cluster takes the spread for attacks (the "heterogeneity tax"). A
+# pre-aggregation first shrinks the honest spread, then any rule runs on its output.
+
+
+def _check_mixing(num_byzantine, R: int) -> None:
+    if not (isinstance(num_byzantine, int) and 0 <= num_byzantine < R):
+        raise ValueError(f"num_byzantine must be an integer in [0, R={R}), got {num_byzantine!r}")
+
+
+def nearest_neighbor_mixing(updates: PyTree, mask=None, *, num_byzantine: int) -> PyTree:
+    """Nearest-neighbour mixing (Allouah et al., "Fixing by mixing", AISTATS 2023).
+
+    Every participating update is replaced by the average of its ``n − f`` nearest
+    participating updates in ℓ2 (itself included; ``n`` participants, ``f = num_byzantine``);
+    masked-out rows come back unchanged. Any robust rule then runs on the mixed updates
+    (``as_aggregator(rule, pre_aggregation="nnm")``): with at most ``f`` attackers, each mixed
+    honest update averages at least ``n − 2f`` honest ones, so the honest spread shrinks
+    while an attacker's pull on any mixed update is at most ``f/(n − f)``.
+    Costs the ``R × R`` distance matrix (as Krum).
+
+    Raises:
+      ValueError: ``num_byzantine`` outside ``[0, R)``.
+    """
+    R = worker_count(updates)
+    _check_mixing(num_byzantine, R)
+    mask = _mask(mask, R)
+    flat, _ = _flatten(updates)
+    d = jnp.where(mask[None, :], _pairwise_sq_distances(flat), jnp.inf)
+    d = jnp.where(jnp.eye(R, dtype=bool) & mask[:, None], -1.0, d)  # itself first, whatever the rounding
+    k = jnp.maximum(jnp.sum(mask) - num_byzantine, 1)
+    rank = jnp.argsort(jnp.argsort(d, axis=1), axis=1)  # ties broken by index: exactly k neighbours
+    chosen = (rank < k) & mask[None, :]
+    weight = chosen.astype(flat.dtype) / k.astype(flat.dtype)
+
+    def leaf(x):
+        mixed = jnp.tensordot(weight.astype(x.dtype), x, axes=1, precision=jax.lax.Precision.HIGHEST)
+        return jnp.where(per_worker(mask, x), mixed, x)
+
+    return jax.tree.map(leaf, updates)
+
+
+def bucketing(updates: PyTree, mask=None, *, key: jax.Array, bucket_size: int) -> tuple[PyTree, jax.Array]:
+    """Bucketing (Karimireddy, He and Jaggi, ICLR 2022): the participants in a fresh random
+    order, cut into buckets of ``bucket_size``, each bucket replaced by its mean.
+
+    Returns ``(bucket_means, bucket_mask)`` with the input's shapes: the first
+    ``⌈n / bucket_size⌉`` rows are the buckets (the last may be smaller), the rest are
+    masked out. A robust rule then aggregates the bucket means; ``f`` attackers spoil at
+    most ``f`` buckets, and a rule's ``num_byzantine`` keeps counting them. Draw a new
+    ``key`` every aggregation, or the attackers learn the partition.
+
+    Raises:
+      ValueError: ``bucket_size`` not a positive integer, or (with a concrete mask) larger
+        than the number of participants (every message would land in one bucket).
+    """
+    if not (isinstance(bucket_size, int) and bucket_size >= 1):
+        raise ValueError(f"bucket_size must be a positive integer, got {bucket_size!r}")
+    R = worker_count(updates)
+    mask = _mask(mask, R)
+    if is_concrete(mask) and bucket_size > int(np.asarray(mask).sum()):
+        raise ValueError(f"bucket_size={bucket_size} exceeds the {int(np.asarray(mask).sum())} participating messages")
+    order = jnp.argsort(jnp.where(mask, jax.random.uniform(key, (R,)), 2.0))  # participants first, shuffled
+    position = jnp.zeros((R,), jnp.int32).at[order].set(jnp.arange(R, dtype=jnp.int32))
+    bucket = jnp.where(mask, position // bucket_size, R)  # masked-out rows fall outside the segments
+    counts = jax.ops.segment_sum(mask.astype(jnp.float32), bucket, num_segments=R)
+
+    def leaf(x):
+        sums = jax.ops.segment_sum(jnp.where(per_worker(mask, x), x, 0).astype(jnp.float32), bucket, num_segments=R)
+        return (sums / jnp.maximum(counts, 1.0).reshape((R,) + (1,) * (x.ndim - 1))).astype(x.dtype)
+
+    return jax.tree.map(leaf, updates), counts > 0
+
+
+PRE_AGGREGATIONS = ("none", "nnm", "bucketing")
+
+
 # ----------------------------------------------------------------------------- optax adapter
 
 RULES = {
@@ -333,32 +429,87 @@ RULES = {
 }
 
 
-def as_aggregator(rule: str | Callable[..., PyTree], **options):
-    """An ``optax.experimental.aggregating.Aggregator`` (stateless) applying ``rule``.
+def pre_aggregate(
+    name: str, updates: PyTree, mask=None, *, num_byzantine: int = 0, bucket_size: int = 2, key: jax.Array | None = None
+) -> tuple[PyTree, jax.Array]:
+    """The pre-aggregation ``name`` (one of ``PRE_AGGREGATIONS``) as ``(updates, mask)`` for a rule.
+
+    ``"none"`` passes both through; ``"nnm"``: :func:`nearest_neighbor_mixing` with
+    ``num_byzantine``; ``"bucketing"``: :func:`bucketing` with ``bucket_size`` and ``key``.
+    """
+    if name not in PRE_AGGREGATIONS:
+        raise ValueError(f"pre_aggregation must be one of {PRE_AGGREGATIONS}, got {name!r}")
+    R = worker_count(updates)
+    mask = _mask(mask, R)
+    if name == "nnm":
+        return nearest_neighbor_mixing(updates, mask, num_byzantine=num_byzantine), mask
+    if name == "bucketing":
+        if key is None:
+            raise ValueError("bucketing needs a fresh random key per aggregation (key=...)")
+        return bucketing(updates, mask, key=key, bucket_size=bucket_size)
+    return updates, mask
+
+
+def as_aggregator(
+    rule: str | Callable[..., PyTree],
+    *,
+    pre_aggregation: str = "none",
+    num_byzantine: int | None = None,
+    bucket_size: int = 2,
+    seed: int = 0,
+    **options,
+):
+    """An ``optax.experimental.aggregating.Aggregator`` applying ``rule``, after an optional
+    pre-aggregation.
 
     ``update(per_worker_updates, state, params=None, mask=None)`` returns the aggregate.
     ``rule`` is a name from ``RULES`` or a callable ``rule(updates, mask, **options)``.
-    ``sign_consensus`` needs a centre and is not wrapped: use it directly.
+    ``pre_aggregation`` (``PRE_AGGREGATIONS``): ``"nnm"`` mixes each update with its
+    nearest neighbours (needs ``num_byzantine``), ``"bucketing"`` averages random buckets of
+    ``bucket_size`` (its state is the random key, split every update; ``seed`` starts it).
+    ``num_byzantine`` is also passed to rules that take it (Krum). ``sign_consensus`` needs a
+    centre and is not wrapped: use it directly.
     """
     from optax.experimental import aggregating
 
     if isinstance(rule, str):
         if rule not in RULES:
             raise ValueError(f"rule must be one of {sorted(RULES)} or a callable, got {rule!r}")
+        if rule in ("krum", "multi_krum"):
+            if num_byzantine is None:
+                raise ValueError(f"{rule} needs num_byzantine")
+            options = {"num_byzantine": num_byzantine, **options}
         rule = RULES[rule]
+    if pre_aggregation not in PRE_AGGREGATIONS:
+        raise ValueError(f"pre_aggregation must be one of {PRE_AGGREGATIONS}, got {pre_aggregation!r}")
+    if pre_aggregation == "nnm" and num_byzantine is None:
+        raise ValueError("nearest-neighbour mixing needs num_byzantine")
+    if not (isinstance(bucket_size, int) and bucket_size >= 1):
+        raise ValueError(f"bucket_size must be a positive integer, got {bucket_size!r}")
     fn = functools.partial(rule, **options)
+
+    def init(params=None):
+        return jax.random.key(seed) if pre_aggregation == "bucketing" else optax.init_empty_state(params)
 
     def update(per_elt_updates, state, params=None, *, mask=None, **extra_args):
         del params, extra_args
-        return fn(per_elt_updates, mask), state
+        sub = None
+        if pre_aggregation == "bucketing":
+            state, sub = jax.random.split(state)
+        pre, pre_mask = pre_aggregate(
+            pre_aggregation, per_elt_updates, mask, num_byzantine=num_byzantine or 0, bucket_size=bucket_size, key=sub
+        )
+        return fn(pre, pre_mask), state
 
-    return aggregating.Aggregator(init=optax.init_empty_state, update=update)
+    return aggregating.Aggregator(init=init, update=update)
 
 
 __all__ = [
     "GeometricMedianInfo",
+    "PRE_AGGREGATIONS",
     "RULES",
     "as_aggregator",
+    "bucketing",
     "centered_clipping",
     "coordinate_median",
     "geometric_median",
@@ -366,6 +517,8 @@ __all__ = [
     "krum_scores",
     "mean",
     "multi_krum",
+    "nearest_neighbor_mixing",
+    "pre_aggregate",
     "sign_consensus",
     "trimmed_mean",
 ]

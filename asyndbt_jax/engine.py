@@ -55,6 +55,8 @@ METHODS = ("asyndbt", "sync", "cendbt", "bdpl", "demos-only", "fedone", "joint")
 CENTRALISED = ("cendbt", "bdpl", "demos-only")  # one machine holding all data
 SERVER_RULES = ("primal_dual", "fedavg")
 AGGREGATORS = ("sign_consensus",) + tuple(agglib.RULES)
+# Bucketing needs a fresh random partition per aggregation; the server step's rules take none.
+ENGINE_PRE_AGGREGATIONS = ("none", "nnm")
 GAPS = ("value",) + cutlib.NORMS  # the value-function gap, or an argument-space gap per fragment row
 VALUE_EPSILON = 0.01  # ε per worker of the value-function gap (nats of training loss)
 
@@ -96,8 +98,9 @@ class AsynDBTConfig(NamedTuple):
     bilevel: bool = True
     server_rule: str = "primal_dual"
     aggregator: str = "sign_consensus"  # the paper's z step; or any rule in aggregators.RULES
+    pre_aggregation: str = "none"  # before a robust rule: "nnm" (nearest-neighbour mixing, f = num_malicious) or "none"
     trim_fraction: float = 0.3  # trimmed_mean
-    clip_radius: float = 1.0  # centered_clipping
+    clip_radius: float | None = None  # centered_clipping; None: adaptive (the median distance to the centre)
     num_malicious: int = 0  # B: the last B workers are malicious (simulation only)
     attack: str = "none"  # attacks.ATTACKS
     attack_strength: float | None = None  # the message attack's parameter (ATTACK_STRENGTH); None: its default
@@ -170,8 +173,12 @@ class AsynDBTConfig(NamedTuple):
             raise ValueError(f"{self.aggregator} needs num_malicious < R/2, got {self.num_malicious} of {self.num_workers}")
         if not 0 <= self.trim_fraction < 0.5:
             raise ValueError(f"trim_fraction must be in [0, 0.5), got {self.trim_fraction!r}")
-        if not (math.isfinite(self.clip_radius) and self.clip_radius > 0):
-            raise ValueError(f"clip_radius must be a finite positive number, got {self.clip_radius!r}")
+        if self.clip_radius is not None and not (math.isfinite(self.clip_radius) and self.clip_radius > 0):
+            raise ValueError(f"clip_radius must be a finite positive number or None (adaptive), got {self.clip_radius!r}")
+        if self.pre_aggregation not in ENGINE_PRE_AGGREGATIONS:
+            raise ValueError(f"pre_aggregation must be one of {ENGINE_PRE_AGGREGATIONS}, got {self.pre_aggregation!r}")
+        if self.pre_aggregation != "none" and self.aggregator in ("mean", "sign_consensus"):
+            raise ValueError(f"pre_aggregation={self.pre_aggregation!r} goes before a robust rule, not {self.aggregator!r}")
         if not (self.use_fragment or self.use_demos):
             raise ValueError("at least one of use_fragment and use_demos must be True")
         return self
@@ -360,7 +367,10 @@ def _rule(config: AsynDBTConfig):
         "centered_clipping": {"radius": config.clip_radius},
     }.get(name, {})
     rule = agglib.RULES[name]
-    return lambda terms: rule(terms, jnp.ones((config.num_workers,), bool), **options)
+    everyone = jnp.ones((config.num_workers,), bool)
+    if config.pre_aggregation == "nnm":
+        return lambda terms: rule(agglib.nearest_neighbor_mixing(terms, everyone, num_byzantine=config.num_malicious), everyone, **options)
+    return lambda terms: rule(terms, everyone, **options)
 
 
 def worker_sum(config: AsynDBTConfig):

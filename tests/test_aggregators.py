@@ -159,6 +159,97 @@ def test_centered_clipping_matches_numpy_and_large_radius_is_mean():
     close(agg.centered_clipping(t, radius=1e6, num_iterations=1), agg.mean(t))
 
 
+def test_centered_clipping_adaptive_radius_is_the_median_distance():
+    t = tree(3)
+    x = flat(t).astype(np.float64)[MASK]
+    v = np.median(x, 0)
+    for _ in range(3):
+        diff = x - v
+        n = np.linalg.norm(diff, axis=1)
+        v = v + (diff * np.minimum(1, np.median(n) / n)[:, None]).mean(0)
+    close(agg.centered_clipping(t, MASK), unflat_one(v), tol=1e-4)
+    # far attackers move it no more than the radius the honest distances set
+    x = {"w": np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)}
+    far = {"w": x["w"].copy()}
+    far["w"][7:] = 1e6
+    honest = np.median(x["w"][:7], 0)
+    assert np.linalg.norm(np.asarray(agg.centered_clipping(far)["w"]) - honest) < 3 * np.linalg.norm(x["w"][:7] - honest, axis=1).max()
+
+
+def test_geometric_median_starts_from_the_coordinate_median():
+    t = tree(8)
+    x = flat(t).astype(np.float64)[MASK]
+    y = np.median(x, 0)
+    d = np.linalg.norm(x - y, axis=1)
+    one_step = (x / d[:, None]).sum(0) / (1 / d).sum()
+    close(agg.geometric_median(t, MASK, max_iterations=1)[0], unflat_one(one_step), tol=1e-4)
+
+
+def np_nnm(x, f):
+    n = x.shape[0]
+    d = ((x[:, None] - x[None]) ** 2).sum(-1)
+    out = []
+    for i in range(n):
+        others = [j for j in np.argsort(d[i], kind="stable") if j != i]
+        out.append(x[[i] + others[: n - f - 1]].mean(0))
+    return np.array(out)
+
+
+@pytest.mark.parametrize("mask", [None, MASK])
+def test_nearest_neighbor_mixing_matches_numpy(mask):
+    t = tree(9)
+    m = np.ones(R, bool) if mask is None else mask
+    got = agg.nearest_neighbor_mixing(t, mask, num_byzantine=2)
+    ref = np_nnm(flat(t).astype(np.float64)[m], 2)
+    np.testing.assert_allclose(flat(got)[m], ref, rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(flat(got)[~m], flat(t)[~m])  # masked-out rows untouched
+    # f = 0: every participant becomes the participants' mean
+    mixed = flat(agg.nearest_neighbor_mixing(t, mask, num_byzantine=0))[m]
+    np.testing.assert_allclose(mixed, np.broadcast_to(flat(t)[m].mean(0), mixed.shape), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 7])
+def test_bucketing_partitions_the_participants(size):
+    t = tree(10)
+    n = int(MASK.sum())
+    means, bmask = agg.bucketing(t, MASK, key=jax.random.key(3), bucket_size=size)
+    buckets = -(-n // size)
+    np.testing.assert_array_equal(np.asarray(bmask), np.arange(R) < buckets)
+    counts = [size] * (n // size) + ([n % size] if n % size else [])
+    # the bucket means, weighted by their sizes, add up to the participants' sum
+    total = (flat(means)[:buckets] * np.array(counts)[:, None]).sum(0)
+    np.testing.assert_allclose(total, flat(t)[MASK].sum(0), rtol=1e-4, atol=1e-4)
+    if size == 1:  # a permutation of the participants
+        got = np.sort(flat(means)[:buckets], axis=0)
+        np.testing.assert_allclose(got, np.sort(flat(t)[MASK], axis=0), rtol=1e-6)
+    other, _ = agg.bucketing(t, MASK, key=jax.random.key(4), bucket_size=size)
+    if 1 < size < n:  # a fresh key, a fresh partition
+        assert not np.allclose(flat(other)[:buckets], flat(means)[:buckets])
+
+
+def test_pre_aggregation_composes_with_every_rule_through_optax():
+    t = tree(11)
+    params = jax.tree.map(lambda x: x[0], t)
+    for rule in ("mean", "coordinate_median", "trimmed_mean", "geometric_median", "krum", "multi_krum", "centered_clipping"):
+        nnm = agg.as_aggregator(rule, pre_aggregation="nnm", num_byzantine=2)
+        out, _ = nnm.update(t, nnm.init(params), mask=MASK)
+        pre = agg.nearest_neighbor_mixing(t, MASK, num_byzantine=2)
+        ref, _ = agg.as_aggregator(rule, num_byzantine=2).update(pre, None, mask=MASK)
+        close(out, ref, tol=1e-4)
+        b = agg.as_aggregator(rule, pre_aggregation="bucketing", bucket_size=2, num_byzantine=1)
+        state = b.init(params)
+        first, state2 = b.update(t, state, mask=MASK)
+        means, bmask = agg.bucketing(t, MASK, key=jax.random.split(state)[1], bucket_size=2)
+        ref, _ = agg.as_aggregator(rule, num_byzantine=1).update(means, None, mask=bmask)
+        close(first, ref, tol=1e-4)
+        assert not np.array_equal(jax.random.key_data(state2), jax.random.key_data(state))
+    # under jit, with the state threaded
+    b = agg.as_aggregator("coordinate_median", pre_aggregation="bucketing", bucket_size=3)
+    step = jax.jit(lambda u, s: b.update(u, s, mask=MASK))
+    out, _ = step(t, b.init(params))
+    close(out, b.update(t, b.init(params), mask=MASK)[0])
+
+
 def test_sign_consensus_is_the_psi_sign_step_and_bounded():
     t = tree(4)
     center = jax.tree.map(lambda x: np.zeros(x.shape[1:], np.float32), t)
@@ -238,3 +329,15 @@ def test_bad_input():
         agg.mean(t, weights=-np.ones(R))
     with pytest.raises(ValueError, match="rule"):
         agg.as_aggregator("median-of-means")
+    with pytest.raises(ValueError, match="bucket_size=8 exceeds the 7"):
+        agg.bucketing(t, MASK, key=jax.random.key(0), bucket_size=8)
+    with pytest.raises(ValueError, match="bucket_size"):
+        agg.as_aggregator("mean", pre_aggregation="bucketing", bucket_size=0)
+    with pytest.raises(ValueError, match="num_byzantine"):
+        agg.nearest_neighbor_mixing(t, num_byzantine=R)
+    with pytest.raises(ValueError, match="num_byzantine"):
+        agg.as_aggregator("mean", pre_aggregation="nnm")
+    with pytest.raises(ValueError, match="pre_aggregation"):
+        agg.as_aggregator("mean", pre_aggregation="mixing")
+    with pytest.raises(ValueError, match="key"):
+        agg.pre_aggregate("bucketing", t)

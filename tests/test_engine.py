@@ -44,6 +44,9 @@ def config(method="asyndbt", **kw):
         ({"num_malicious": 5}, "num_malicious"),
         ({"aggregator": "krum", "num_malicious": 2}, "krum"),
         ({"trim_fraction": 0.5}, "trim_fraction"),
+        ({"clip_radius": 0.0}, "clip_radius"),
+        ({"aggregator": "coordinate_median", "pre_aggregation": "bucketing"}, "pre_aggregation"),
+        ({"aggregator": "mean", "pre_aggregation": "nnm"}, "robust rule"),
         ({"attack": "sign_flip", "num_malicious": 1, "attack_strength": -1.0}, "attack_strength"),
         ({"attack": "stale_replay", "num_malicious": 1, "attack_strength": 2.0}, "attack_strength"),
     ],
@@ -136,6 +139,19 @@ def test_every_aggregator_and_attack_run_in_the_server_step(task, advanced, aggr
     np.testing.assert_allclose(new.server.consensus, expect, atol=1e-5)
     z = np.asarray(new.server.consensus)
     assert np.all(z >= -1e-6) and np.allclose(z.sum(-1), 1.0, atol=1e-5)
+
+
+def test_nearest_neighbor_mixing_runs_before_the_rule_in_the_server_step(task, advanced):
+    """``pre_aggregation="nnm"``: the rule sees every worker's term mixed with its R − f nearest."""
+    cfg = config(aggregator="coordinate_median", pre_aggregation="nnm", attack="sign_flip", num_malicious=1)
+    new, _ = _one_step(task, cfg, advanced)
+    z0, rho = advanced.server.consensus, advanced.server.duals
+    terms = rho + cfg.mu * (new.server.received - z0[None])
+    pull = agglib.coordinate_median(agglib.nearest_neighbor_mixing(terms, num_byzantine=1))
+    expect = project_simplex(z0 + cfg.eta_consensus() * (R * pull - cut_force(advanced.server.cuts).consensus))
+    np.testing.assert_allclose(new.server.consensus, expect, atol=1e-5)
+    plain, _ = _one_step(task, cfg._replace(pre_aggregation="none"), advanced)
+    assert not np.allclose(plain.server.consensus, new.server.consensus)
 
 
 def test_attack_strength_sets_the_attacks_parameter(task):
