@@ -83,9 +83,9 @@ class AsynDBTConfig(NamedTuple):
     dual_reg: float = 0.1  # c₁
     lower_rounds: int = 3  # K
     lower_lr: float = 0.05  # η_p of the lower level
-    lr_consensus: float | None = None  # η_z; None: 1/(R·μ)
-    lr_rho: float = 0.1  # η_ρ
-    mu: float = 1.0
+    lr_consensus: float | None = None  # η_z; None: 1/(R·μ), or 1/(R·N·ψ) when μ = 0 (the ℓ1 consensus)
+    lr_rho: float | None = None  # η_ρ; None: 0 for sign_consensus (no duals: the ℓ1 term is exact), else 0.1
+    mu: float | None = None  # None: 0 for sign_consensus (the ℓ1 term carries the consensus), else 1.0
     psi: float = 1e-3
     epsilon: float | None = None  # ε; None: value_epsilon·R for the value gap, 0.05·(R + 1) for the argument-space gaps
     gamma: float = 1e-3
@@ -105,8 +105,27 @@ class AsynDBTConfig(NamedTuple):
     attack: str = "none"  # attacks.ATTACKS
     attack_strength: float | None = None  # the message attack's parameter (ATTACK_STRENGTH); None: its default
 
+    def penalty(self) -> float:
+        """μ: the quadratic consensus penalty (default 0 for ``sign_consensus``, 1 otherwise)."""
+        if self.mu is not None:
+            return self.mu
+        return 0.0 if self.aggregator == "sign_consensus" else 1.0
+
+    def dual_rate(self) -> float:
+        """η_ρ: the consensus duals' step (default 0 for ``sign_consensus``, 0.1 otherwise)."""
+        if self.lr_rho is not None:
+            return self.lr_rho
+        return 0.0 if self.aggregator == "sign_consensus" else 0.1
+
     def eta_consensus(self) -> float:
-        return self.lr_consensus if self.lr_consensus is not None else 1.0 / (self.num_workers * max(self.mu, 1e-12))
+        """η_z: ``1/(R·μ)`` moves ``z`` to the penalised mean in one step; with ``μ = 0`` the ψ-sign
+        terms alone move ``z``, ``1/(R·N·ψ)`` letting all ``R`` signs together move a coordinate
+        by ``1/N`` (the scale of a uniform row of the simplex)."""
+        if self.lr_consensus is not None:
+            return self.lr_consensus
+        if self.penalty() > 0:
+            return 1.0 / (self.num_workers * self.penalty())
+        return 1.0 / (self.num_workers * self.vocab_size * self.psi) if self.psi > 0 else 0.0
 
     def eps(self) -> float:
         if self.epsilon is not None:
@@ -143,6 +162,8 @@ class AsynDBTConfig(NamedTuple):
                 raise ValueError(f"{name} must be a finite positive number, got {value!r}")
         for name in ("dual_reg", "mu", "psi", "gamma", "lr_rho"):
             value = getattr(self, name)
+            if value is None and name in ("mu", "lr_rho"):
+                continue
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.lr_consensus is not None and not (math.isfinite(self.lr_consensus) and self.lr_consensus >= 0):
@@ -244,7 +265,8 @@ def split_config(config: AsynDBTConfig) -> tuple[AsynDBTConfig, dict]:
     part a compiled step specialises on) and those hyper-parameters as float32 scalars, the
     derived defaults resolved (``η_z = 1/(Rμ)``, ``ε``). ``static._replace(**hyper)`` inside
     a trace is a config whose hyper-parameters are traced."""
-    resolved = config._replace(lr_consensus=config.eta_consensus(), epsilon=config.eps())
+    resolved = config._replace(lr_consensus=config.eta_consensus(), epsilon=config.eps(), mu=config.penalty(),
+                               lr_rho=config.dual_rate())
     hyper = {name: jnp.asarray(getattr(resolved, name), jnp.float32) for name in TRACED_HYPERPARAMETERS}
     return config._replace(**{name: None for name in TRACED_HYPERPARAMETERS}), hyper
 
@@ -375,11 +397,15 @@ def _rule(config: AsynDBTConfig):
 
 def worker_sum(config: AsynDBTConfig):
     """How the server combines per-worker terms that the paper sums (the cut gap and cut
-    values): the plain sum for ``mean`` and for the paper's ``sign_consensus``
-    (the paper robustifies only the consensus step), else ``R ×`` the configured robust
-    rule, so one worker cannot inflate a cut's gap or dual. Returns ``terms [R, ...] -> [...]``."""
-    if config.aggregator in ("mean", "sign_consensus"):
+    values): the plain sum for ``mean``; for the paper's ``sign_consensus`` ``R ×`` the
+    coordinate-wise median, the point its ψ-sign terms settle at (so the ℓ1 rule guards the
+    cuts as it guards ``z``); else ``R ×`` the configured robust rule, so one worker cannot
+    inflate a cut's gap or dual. Returns ``terms [R, ...] -> [...]``."""
+    if config.aggregator == "mean":
         return lambda terms: jnp.sum(terms, axis=0)
+    if config.aggregator == "sign_consensus":
+        everyone = jnp.ones((config.num_workers,), bool)
+        return lambda terms: config.num_workers * agglib.coordinate_median(terms, everyone)
     rule = _rule(config)
     return lambda terms: config.num_workers * rule(terms)
 
@@ -562,7 +588,7 @@ def _lower_level_gradient(config, feedback_fn, demo_probs, train_queries, malici
 
 
 def _primal_dual_hp(config: AsynDBTConfig) -> PrimalDualHyperparams:
-    return PrimalDualHyperparams(config.lower_lr, config.eta_consensus(), config.lr_rho, config.mu, config.psi)
+    return PrimalDualHyperparams(config.lower_lr, config.eta_consensus(), config.dual_rate(), config.penalty(), config.psi)
 
 
 def _refresh(config, feedback_fn, server: ServerState, demo_probs, train_queries, key, malicious):

@@ -67,7 +67,7 @@ def recompiles_on_hyperparameter_change(R: int) -> int:
     state, _ = _common.block(step(config, feedback, state, arrived, data))
     before = step.compiled._cache_size()
     changed = config._replace(lr_fragment=config.lr_fragment * 3, lr_demos=config.lr_demos / 2, psi=config.psi * 10,
-                              mu=config.mu / 2, epsilon=0.123)
+                              mu=config.penalty() / 2 + 0.5, epsilon=0.123)
     _common.block(step(changed, feedback, state, arrived, data))
     return step.compiled._cache_size() - before
 

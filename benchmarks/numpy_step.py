@@ -158,14 +158,14 @@ def _lower_round(config, st, p, z, rho, grads):
     R = p.shape[0]
     for v in range(R):
         d = p[v] - z
-        p[v] = project(p[v] - config.lower_lr * (grads[v] + rho[v] + config.mu * d + config.psi * np.sign(d)))
+        p[v] = project(p[v] - config.lower_lr * (grads[v] + rho[v] + config.penalty() * d + config.psi * np.sign(d)))
     agg = np.zeros_like(z)
     for v in range(R):
         d = z - p[v]
-        agg += -rho[v] + config.mu * d + config.psi * np.sign(d)
+        agg += -rho[v] + config.penalty() * d + config.psi * np.sign(d)
     z = project(z - config.eta_consensus() * agg)
     for v in range(R):
-        rho[v] = rho[v] + config.lr_rho * (p[v] - z)
+        rho[v] = rho[v] + config.dual_rate() * (p[v] - z)
     return p, z, rho
 
 
@@ -183,7 +183,7 @@ def numpy_refresh(config, oracle, st: NumpyState, train, key):
         p, z, rho = _lower_round(config, st, p, z, rho, [_evaluation(oracle, p[v], st.q[v], train, v, *u)[0] for v in range(R)])
     at_phi = [_evaluation(oracle, p[v], st.q[v], train, v, *u_first) for v in range(R)]
 
-    h = sum(at_point[v][2] - at_phi[v][2] for v in range(R))  # the training loss the lower level would still remove
+    h = _combine(config, np.array([at_point[v][2] - at_phi[v][2] for v in range(R)]))  # the loss the lower level would still remove
     a = [at_point[v][0] for v in range(R)]
     b = np.zeros_like(z0)
     e = [at_point[v][1] - at_phi[v][1] for v in range(R)]
@@ -192,7 +192,7 @@ def numpy_refresh(config, oracle, st: NumpyState, train, key):
     if h > eps:
         score = np.where(st.cut_active[0], st.cut_lambda[0], -np.inf)
         slot = int(np.argmin(score))
-        st.cut_c[0, slot] = h - sum(np.sum(a[v] * p0[v]) + terms[v] for v in range(R)) - np.sum(b * z0) - eps
+        st.cut_c[0, slot] = h - _combine(config, np.array([np.sum(a[v] * p0[v]) + terms[v] for v in range(R)])) - np.sum(b * z0) - eps
         for v in range(R):
             st.cut_a[v, :, slot] = a[v]
             st.cut_e[v, slot] = e[v]
@@ -204,12 +204,22 @@ def numpy_refresh(config, oracle, st: NumpyState, train, key):
     return st
 
 
-def _values(st):
+def _combine(config, terms):
+    """The server's combination of per-worker terms ``[R, ...]`` that the paper sums: the sum
+    for ``mean``, ``R ×`` the median for the ψ-sign rule (the rules this reference covers)."""
+    if config.aggregator == "mean":
+        return terms.sum(0)
+    assert config.aggregator == "sign_consensus", config.aggregator
+    return terms.shape[0] * np.median(terms, axis=0)
+
+
+def _values(config, st):
     """Every cut's value over the server's latest copies ``[H, C]`` (0 where inactive)."""
     if st.cut_c.shape[0] == 1:  # one set of cuts over every row, with the workers' demonstration terms
-        values = (np.einsum("rmcn,rmn->c", st.cut_a, st.received) + st.demo_terms.sum(0) + np.einsum("mcn,mn->c", st.cut_b, st.z))[None]
+        per_worker = np.einsum("rmcn,rmn->rc", st.cut_a, st.received) + st.demo_terms
+        values = (_combine(config, per_worker) + np.einsum("mcn,mn->c", st.cut_b, st.z))[None]
     else:
-        values = np.einsum("rmcn,rmn->mc", st.cut_a, st.received) + np.einsum("mcn,mn->mc", st.cut_b, st.z)
+        values = _combine(config, np.einsum("rmcn,rmn->rmc", st.cut_a, st.received)) + np.einsum("mcn,mn->mc", st.cut_b, st.z)
     return np.where(st.cut_active, values + st.cut_c, 0.0)
 
 
@@ -236,10 +246,10 @@ def numpy_server_step(config, oracle, st: NumpyState, arrived, validation, key, 
     agg = np.zeros_like(st.z)
     for v in range(R):
         d = st.z - st.received[v]
-        agg += -st.rho[v] + config.mu * d + config.psi * np.sign(d)
+        agg += -st.rho[v] + config.penalty() * d + config.psi * np.sign(d)
     eta_z = config.eta_consensus()
     st.z = project(st.z - eta_z * (force_z + agg))
-    values = _values(st)
+    values = _values(config, st)
     before = st.cut_lambda.copy()
     new = np.maximum(0.0, st.cut_lambda + config.lr_dual * (values - config.dual_reg * st.cut_lambda))
     st.cut_lambda = np.where(st.cut_active, new, 0.0)

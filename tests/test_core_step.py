@@ -22,7 +22,7 @@ def prepared(seed):
     return numpy_step.make_case(R, M=4, N=6, U=2, V=5, I=4, num_validation=6, capacity=3, seed=seed)
 
 
-@pytest.mark.parametrize("seed", [0, 2])
+@pytest.mark.parametrize("seed", [0, 5])
 def test_two_iterations_match_numpy_loop(seed):
     """An ordinary iteration, then one that refreshes the polyhedron (K primal-dual rounds on
     the training batches, the value-function cut with its coefficients on q), each equal to

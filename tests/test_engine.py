@@ -133,7 +133,7 @@ def test_every_aggregator_and_attack_run_in_the_server_step(task, advanced, aggr
     z0, rho = advanced.server.consensus, advanced.server.duals
     options = {"trimmed_mean": {"trim_fraction": cfg.trim_fraction}, "multi_krum": {"num_byzantine": 1},
                "centered_clipping": {"radius": cfg.clip_radius}}.get(aggregator, {})
-    pull = agglib.RULES[aggregator](rho + cfg.mu * (new.server.received - z0[None]), jnp.ones(R, bool), **options)
+    pull = agglib.RULES[aggregator](rho + cfg.penalty() * (new.server.received - z0[None]), jnp.ones(R, bool), **options)
     force = cut_force(advanced.server.cuts).consensus
     expect = project_simplex(z0 + cfg.eta_consensus() * (R * pull - force))
     np.testing.assert_allclose(new.server.consensus, expect, atol=1e-5)
@@ -146,7 +146,7 @@ def test_nearest_neighbor_mixing_runs_before_the_rule_in_the_server_step(task, a
     cfg = config(aggregator="coordinate_median", pre_aggregation="nnm", attack="sign_flip", num_malicious=1)
     new, _ = _one_step(task, cfg, advanced)
     z0, rho = advanced.server.consensus, advanced.server.duals
-    terms = rho + cfg.mu * (new.server.received - z0[None])
+    terms = rho + cfg.penalty() * (new.server.received - z0[None])
     pull = agglib.coordinate_median(agglib.nearest_neighbor_mixing(terms, num_byzantine=1))
     expect = project_simplex(z0 + cfg.eta_consensus() * (R * pull - cut_force(advanced.server.cuts).consensus))
     np.testing.assert_allclose(new.server.consensus, expect, atol=1e-5)
@@ -198,13 +198,14 @@ def test_mean_consensus_step_is_the_papers_step_without_psi(task):
 
 
 def test_robust_worker_sum_bounds_one_outlier():
-    """The cut gap and cut values combine per-worker terms: a plain sum for the paper's rules,
-    R × the robust rule otherwise, so one worker cannot inflate them."""
+    """The cut gap and cut values combine per-worker terms: a plain sum for the mean, R × the
+    coordinate median for the ψ-sign rule (where its sign terms settle), R × the robust rule
+    otherwise, so one worker cannot inflate them."""
     from asyndbt_jax.engine import worker_sum
 
     terms = jnp.asarray([[1.0, 2.0], [1.2, 2.2], [0.8, 1.8], [1e6, -1e6]])
     np.testing.assert_allclose(worker_sum(config(aggregator="mean"))(terms), jnp.sum(terms, 0))
-    np.testing.assert_allclose(worker_sum(config(aggregator="sign_consensus"))(terms), jnp.sum(terms, 0))
+    np.testing.assert_allclose(worker_sum(config(aggregator="sign_consensus"))(terms), R * np.median(np.asarray(terms), 0), rtol=1e-6)
     for rule in ["coordinate_median", "trimmed_mean", "geometric_median", "multi_krum", "centered_clipping"]:
         out = np.asarray(worker_sum(config(aggregator=rule, num_malicious=1, trim_fraction=0.25))(terms))
         assert np.all(np.abs(out - R * np.array([1.0, 2.0])) <= R * 0.6), (rule, out)
