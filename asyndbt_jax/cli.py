@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from .attacks import ATTACKS
-from .engine import AGGREGATORS, GAPS
+from .engine import AGGREGATORS, ENGINE_PRE_AGGREGATIONS, GAPS
 
 
 def _info(_args) -> int:
@@ -71,6 +71,7 @@ def _simulate(args) -> int:
             num_malicious=args.malicious,
             attack=args.attack,
             aggregator=args.aggregator,
+            pre_aggregation=args.pre_aggregation,
             psi=args.psi,
         )
     except ValueError as exc:
@@ -85,6 +86,7 @@ def _simulate(args) -> int:
         "malicious": args.malicious,
         "attack": args.attack,
         "aggregator": args.aggregator,
+        "pre_aggregation": args.pre_aggregation,
         "final_test_accuracy": result.final_test_accuracy,
         "final_validation_accuracy": result.final_validation_accuracy,
         "optimum_accuracy": task.optimum_accuracy,
@@ -206,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument(
         "--aggregator", default="sign_consensus", choices=AGGREGATORS,
         help="server rule for z, the lower-level consensus and the cut sums (sign_consensus: the paper's)",
+    )
+    sim.add_argument(
+        "--pre-aggregation", default="none", choices=ENGINE_PRE_AGGREGATIONS,
+        help="before a robust rule: nnm mixes every message with its R - B nearest (B: --malicious)",
     )
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--history", help="write the per-iteration history to this JSONL file")

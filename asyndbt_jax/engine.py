@@ -190,8 +190,14 @@ class AsynDBTConfig(NamedTuple):
             )
         if not (isinstance(self.num_malicious, int) and 0 <= self.num_malicious <= self.num_workers):
             raise ValueError(f"num_malicious must be an integer in [0, R={self.num_workers}], got {self.num_malicious!r}")
-        if self.aggregator in ("krum", "multi_krum") and 2 * self.num_malicious >= self.num_workers:
+        if self.aggregator != "mean" and 2 * self.num_malicious >= self.num_workers:
+            # every robust rule (the ψ-sign rule's median included) needs an honest majority
             raise ValueError(f"{self.aggregator} needs num_malicious < R/2, got {self.num_malicious} of {self.num_workers}")
+        if self.aggregator == "trimmed_mean" and self.num_malicious > math.floor(self.trim_fraction * self.num_workers):
+            raise ValueError(
+                f"trimmed_mean drops floor(trim_fraction·R) = {math.floor(self.trim_fraction * self.num_workers)} values at "
+                f"each end, fewer than num_malicious = {self.num_malicious}: raise trim_fraction"
+            )
         if not 0 <= self.trim_fraction < 0.5:
             raise ValueError(f"trim_fraction must be in [0, 0.5), got {self.trim_fraction!r}")
         if self.clip_radius is not None and not (math.isfinite(self.clip_radius) and self.clip_radius > 0):

@@ -309,6 +309,9 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
             check_reachable(cfg.ray_address)  # before any model is loaded or the run folder touched
     if not 0 <= cfg.malicious < cfg.workers:
         raise ValueError(f"--malicious (B={cfg.malicious}) must be between 0 and --workers - 1 ({cfg.workers - 1})")
+    if cfg.aggregator != "mean" and 2 * cfg.malicious >= cfg.workers:
+        raise ValueError(f"--aggregator {cfg.aggregator} needs an honest majority: --malicious (B={cfg.malicious}) "
+                         f"must be below half of --workers ({cfg.workers})")
     delay = parse_delay(cfg.delay)
     task_name = user_task_name(cfg.train_file) if cfg.train_file else cfg.task
     out = Path(cfg.out or f"runs/{task_name}-{cfg.method}-seed{cfg.seed}")

@@ -56,6 +56,18 @@ def test_simulate_bad_input_is_a_clear_error():
         main(["simulate", "--delay", "weibull:2", "--quiet"])
 
 
+def test_simulate_runs_a_robust_rule_after_nearest_neighbour_mixing(capsys):
+    import pytest
+
+    args = ["simulate", "--workers", "6", "--active", "3", "--iterations", "3", "--samples", "4", "--quiet", "--json",
+            "--malicious", "2", "--attack", "sign_flip", "--aggregator", "coordinate_median"]
+    assert main(args + ["--pre-aggregation", "nnm"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["pre_aggregation"] == "nnm" and 0.0 <= out["final_test_accuracy"] <= 1.0
+    with pytest.raises(SystemExit, match="robust rule"):
+        main(args[:-1] + ["mean", "--pre-aggregation", "nnm"])
+
+
 def test_simulate_joint_trains_one_estimate_on_train_and_validation_queries(capsys):
     """``joint`` (the single-level ablation) scores each sampled configuration on a worker's
     train and validation queries together and never refreshes a lower level."""

@@ -43,6 +43,8 @@ def config(method="asyndbt", **kw):
         ({"attack": "label_flip"}, "attack"),
         ({"num_malicious": 5}, "num_malicious"),
         ({"aggregator": "krum", "num_malicious": 2}, "krum"),
+        ({"aggregator": "sign_consensus", "num_malicious": 2}, "R/2"),
+        ({"aggregator": "trimmed_mean", "trim_fraction": 0.2, "num_malicious": 1}, "raise trim_fraction"),
         ({"trim_fraction": 0.5}, "trim_fraction"),
         ({"clip_radius": 0.0}, "clip_radius"),
         ({"aggregator": "coordinate_median", "pre_aggregation": "bucketing"}, "pre_aggregation"),

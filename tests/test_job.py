@@ -48,6 +48,7 @@ def test_quick_run_then_a_free_rerun(tmp_path, capsys):
     (["--attack", "bribe"], r"unknown attack 'bribe'; known: \['none'"),
     (["--aggregator", "vote"], r"unknown aggregator 'vote'; known: \['sign_consensus'"),
     (["--malicious", "3"], r"--malicious \(B=3\) must be between 0 and --workers - 1 \(2\)"),
+    (["--malicious", "2"], r"--aggregator sign_consensus needs an honest majority: --malicious \(B=2\) must be below half"),
     (["--iterations", "0"], r"iterations must be >= 1, got 0"),
     (["--candidates", "0"], r"candidates must be >= 1, got 0"),
     (["--candidates", "2", "--demos-per-class", "3"], r"demos_per_class \(3\) cannot exceed candidates \(2\)"),

@@ -86,7 +86,7 @@ def test_simulate_batch_reproduces_single_runs_and_varies_the_malicious_set(task
     from asyndbt_jax.oracle import oracle_feedback
     from asyndbt_jax.simulator import simulate_batch
 
-    kw = dict(aggregator="trimmed_mean", attack="sign_flip", num_malicious=2)
+    kw = dict(aggregator="trimmed_mean", trim_fraction=0.4, attack="sign_flip", num_malicious=2)
     single = run(task, seed=3, **kw)
     config = run_planted("asyndbt", task, parse_delay("lognormal:1.0"), iterations=1, num_active=2, max_staleness=3,
                          progress=False, num_samples=4, refresh_every=3, **kw)[1]
