@@ -43,11 +43,12 @@ def test_s_equal_r_reproduces_the_simulator(task, method, gap):
     either gap; ε small enough that the value-function gap adds cuts). ψ = 0: the sign
     term ψ·sign(z − p) is discontinuous where a worker's p equals z, and the refresh's
     per-worker calls differ from the batched one in the last float bit, which at such a
-    tie becomes a difference of η_z·ψ in z."""
+    tie becomes a difference of η_z·ψ in z. With ψ = 0 the consensus is the mean's (μ = 1):
+    under the ψ-sign rule it would not move."""
     iterations = 8
     sim, config = run_planted(method, task, parse_delay("lognormal:1.0"), iterations=iterations, num_active=R,
                               max_staleness=3, seed=3, progress=False, gap_norm=gap, epsilon=1e-4, lower_lr=0.2,
-                              psi=0.0, **{**ENGINE, "num_samples": 32})
+                              psi=0.0, aggregator="mean", **{**ENGINE, "num_samples": 32})
     if method == "asyndbt":
         assert max(h["active_cuts"] for h in sim.history) > 0  # the cuts (and their q part) are exercised
     real = run(task, config, iterations=iterations, delay=parse_delay("lognormal:1.0"), delay_seconds=0.002)
