@@ -199,6 +199,28 @@ def test_mean_consensus_step_is_the_papers_step_without_psi(task):
     np.testing.assert_allclose(ours, server_consensus_step(z, p, rho, jnp.ones(R, bool), hp, force), atol=1e-6)
 
 
+def test_the_default_sign_consensus_bounds_what_one_worker_can_do_to_z():
+    """Under the default ψ-sign rule (μ = 0, no duals) one worker, whatever it sends, moves the
+    pre-projection z step by at most 2·η_z·ψ per coordinate, so z by at most that times
+    √(M·N) in ℓ2 (the projection is non-expansive); the mean's step has no such bound."""
+    from asyndbt_jax.engine import _primal_dual_hp, consensus_step
+
+    rng = np.random.default_rng(1)
+    p = jnp.asarray(rng.dirichlet(np.ones(7), size=(R, 5)), jnp.float32)
+    z = jnp.asarray(rng.dirichlet(np.ones(7), size=5), jnp.float32)
+    junk = p.at[0].set(jnp.asarray(1e4 * rng.normal(size=(5, 7)), jnp.float32))
+    sign = config()
+    assert sign.aggregator == "sign_consensus" and sign.penalty() == 0.0 and sign.dual_rate() == 0.0
+    eta = sign.eta_consensus()
+    assert eta == pytest.approx(1.0 / (R * sign.vocab_size * sign.psi))
+    rho = jnp.zeros((R, 5, 7))
+    step = lambda cfg, msgs: consensus_step(cfg)(z, msgs, rho, jnp.ones(R, bool), _primal_dual_hp(cfg), 0.0)  # noqa: E731
+    bound = 2 * eta * sign.psi * np.sqrt(5 * 7)
+    assert np.linalg.norm(np.asarray(step(sign, junk) - step(sign, p))) <= bound + 1e-6
+    mean = config(aggregator="mean")
+    assert np.linalg.norm(np.asarray(step(mean, junk) - step(mean, p))) > 2 * bound
+
+
 def test_robust_worker_sum_bounds_one_outlier():
     """The cut gap and cut values combine per-worker terms: a plain sum for the mean, R × the
     coordinate median for the ψ-sign rule (where its sign terms settle), R × the robust rule
