@@ -10,12 +10,15 @@ updates (geometric median, Krum, centred clipping) treat the pytree as one flat 
 Rules: :func:`mean`, :func:`coordinate_median`, :func:`trimmed_mean`,
 :func:`geometric_median` (smoothed Weiszfeld), :func:`krum` / :func:`multi_krum`,
 :func:`centered_clipping` and :func:`sign_consensus` (the ψ-sign step of AsynDBT's server,
-RSA-style). :func:`as_aggregator` wraps any of them as an
+RSA-style). Pre-aggregations that keep honest non-IID workers from looking like outliers:
+:func:`nearest_neighbor_mixing` and :func:`bucketing` (:func:`pre_aggregate`).
+:func:`as_aggregator` wraps any rule, after an optional pre-aggregation, as an
 ``optax.experimental.aggregating.Aggregator`` so it drops into other optax pipelines.
 
 Bad input raises ``ValueError`` before anything compiles: leaves with different worker
 counts, a mask or weights of the wrong shape, ``trim_fraction`` outside ``[0, 0.5)``,
-``num_byzantine`` too large for Krum, or (when the mask is concrete) every worker masked.
+``num_byzantine`` too large for Krum or mixing, a bucket larger than the participants, or
+(when the mask is concrete) every worker masked.
 """
 
 from __future__ import annotations

@@ -80,8 +80,8 @@ def np_trimmed_mean(x, trim_fraction=TRIM_FRACTION):
 
 
 def np_geometric_median(x, max_iterations=GM_MAX_ITERATIONS, tol=GM_TOL, smoothing=GM_SMOOTHING):
-    """Smoothed Weiszfeld from the mean; stops like the JAX version. Returns (median, iterations)."""
-    y = x.mean(axis=0)
+    """Smoothed Weiszfeld from the coordinate median; stops like the JAX version. Returns (median, iterations)."""
+    y = np.median(x, axis=0)
     change, it = np.inf, 0
     while it < max_iterations and change > tol:
         diff = x - y
