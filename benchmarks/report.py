@@ -1,7 +1,7 @@
 """Render benchmark JSON files as the markdown tables quoted in docs/.
 
     python benchmarks/report.py docs/core_kernels_cpu.json docs/core_kernels_gpu.json
-    python benchmarks/report.py docs/robustness_quick.json
+    python benchmarks/report.py docs/robustness_r100.json
     python benchmarks/report.py docs/aggregators_cpu.json
     python benchmarks/report.py docs/async_vs_sync.json
 

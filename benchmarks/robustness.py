@@ -2,7 +2,7 @@
 
     python benchmarks/robustness.py [--quick] [--json] [--out FILE] [--workers R]
         [--iterations T] [--seeds K] [--attacks a,b] [--aggregators x,y] [--strength X] [--heatmap PNG]
-        [--jobs N] [--fractions 0,0.3]
+        [--jobs N] [--fractions 0,0.3] [--override mu=1.0,lr_rho=0.1]
 
 AsynDBT on the planted task (paper shapes M = 75, N = 100, U = 2, V = 50; Dirichlet α = 1
 non-IID workers; word utilities of scale 1.0 rather than the default 0.3, so the shared
@@ -16,7 +16,8 @@ fractions B/R (``--fractions``, default {0, 0.1, 0.2, 0.3}; 0 and 0.3 must be am
 malicious workers are the last B; Krum's assumed bound is f = 0.3·R in every run. The
 reported accuracy is the benign workers' final test accuracy, averaged over seeds. An
 aggregator named ``rule+nnm`` runs ``rule`` after nearest-neighbour mixing (the engine's
-``pre_aggregation="nnm"``, f = 0.3·R).
+``pre_aggregation="nnm"``, f = 0.3·R). ``--override`` sets engine settings for every cell
+(e.g. the ψ-sign rule's earlier ``mu=1.0,lr_rho=0.1``, or its step ``lr_consensus``).
 ``--strength`` sets every message attack's parameter (``attacks.ATTACK_STRENGTH``: the
 sign-flip scale, noise std, scaling factor, ALIE z, IPM ε) instead of its default.
 ``--jobs N`` runs the aggregator rows in N child processes of this script (each compiles
@@ -73,6 +74,8 @@ def _extra(parser):
     parser.add_argument("--attacks", help="comma-separated subset of " + ",".join(a for a in ATTACKS if a != "none"))
     parser.add_argument("--aggregators", help="comma-separated subset of " + ",".join(ROWS))
     parser.add_argument("--fractions", default="0,0.1,0.2,0.3", help="attacker fractions B/R (default 0,0.1,0.2,0.3)")
+    parser.add_argument("--override", default="",
+                        help="engine settings for every cell, e.g. mu=1.0,lr_rho=0.1 (numbers; AsynDBTConfig field names)")
     parser.add_argument("--word-scale", type=float, default=1.0,
                         help="planted word-utility scale (default 1.0: the shared fragment can move accuracy; 0.3 is the task default)")
     parser.add_argument("--strength", type=float, help="attack_strength of the message attacks that have one (default: each attack's own)")
@@ -158,7 +161,7 @@ def _run_rows(args, aggregators, attacks, task, R, iterations, seeds, counts, bo
                 "asyndbt", num_workers=R, num_active=R // 2, max_staleness=8, num_fragment_words=M, vocab_size=N,
                 num_classes=U, num_candidates=V, num_samples=10, lr_fragment=0.01, lr_demos=0.05,
                 **_rule(aggregator), attack=attack, num_malicious=bound,
-                attack_strength=args.strength if attack in ATTACK_STRENGTH else None,
+                attack_strength=args.strength if attack in ATTACK_STRENGTH else None, **args.overrides,
             )
             started = time.perf_counter()
             batch = simulate_batch(
@@ -183,7 +186,7 @@ def _run_children(args, aggregators, attacks):
     groups = [aggregators[i :: args.jobs] for i in range(args.jobs) if aggregators[i :: args.jobs]]
     env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")
     passthrough = ["--seeds", str(args.seeds), "--word-scale", str(args.word_scale), "--attacks", ",".join(attacks),
-                   "--fractions", args.fractions]
+                   "--fractions", args.fractions, "--override", args.override]
     for flag, value in (("--workers", args.workers), ("--iterations", args.iterations), ("--strength", args.strength)):
         if value is not None:
             passthrough += [flag, str(value)]
@@ -217,6 +220,10 @@ def main() -> None:
     iterations = args.iterations or (300 if args.quick else 600)
     attacks = _subset(args.attacks, [a for a in ATTACKS if a != "none"], "attacks")
     aggregators = _subset(args.aggregators, ROWS, "aggregators")
+    try:
+        args.overrides = {k.strip(): float(v) for k, v in (kv.split("=") for kv in args.override.split(",") if kv.strip())}
+    except ValueError:
+        raise SystemExit(f"--override must be name=number pairs, got {args.override!r}") from None
     try:
         args.fraction_list = sorted({float(f) for f in args.fractions.split(",")})
     except ValueError:
@@ -264,7 +271,7 @@ def main() -> None:
             "inputs": {"workers": R, "active": R // 2, "max_staleness": 8, "iterations": iterations, "seeds": len(seeds),
                        "fractions": args.fraction_list, "malicious_counts": counts, "krum_bound": bound,
                        "delays": "lognormal:1.0", "dirichlet_alpha": 1.0,
-                       "attack_strength": args.strength, "word_scale": args.word_scale},
+                       "attack_strength": args.strength, "word_scale": args.word_scale, "override": args.overrides},
             "fragment_lever": lever,
             "complete": True,
             "results": results,

@@ -44,11 +44,11 @@ def test_tiny_grid_prints_the_named_json_fields(tmp_path):
 def test_fractions_and_mixed_rows_and_the_tax_target():
     cmd = [sys.executable, str(SCRIPT), "--json", "--workers", "10", "--iterations", "8", "--seeds", "1",
            "--attacks", "sign_flip,gaussian_noise", "--aggregators", "mean,coordinate_median+nnm,sign_consensus",
-           "--fractions", "0,0.3"]
+           "--fractions", "0,0.3", "--override", "lr_rho=0.2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout)
-    assert out["inputs"]["malicious_counts"] == [0, 3]
+    assert out["inputs"]["malicious_counts"] == [0, 3] and out["inputs"]["override"] == {"lr_rho": 0.2}
     rows = out["results"]["sign_flip"]
     assert list(rows) == ["mean", "coordinate_median+nnm", "sign_consensus"] and set(rows["mean"]) == {"0.0", "0.3"}
     # mixing changes what the median sees
