@@ -189,7 +189,8 @@ def geometric_median(
     mask = _mask(mask, R)
     w = _weights(weights, mask)
     flat, unflatten = _flatten(updates)
-    y0 = _flatten(jax.tree.map(lambda x: x[None], coordinate_median(updates, jnp.where(jnp.any(mask & (w > 0)), mask & (w > 0), mask))))[0][0].astype(flat.dtype)
+    weighted = w > 0  # the participants with weight (masked-out workers have weight 0)
+    y0 = coordinate_median(flat, jnp.where(jnp.any(weighted), weighted, mask))
 
     def body(carry):
         y, _, it = carry
@@ -205,13 +206,6 @@ def geometric_median(
 
     y, change, it = jax.lax.while_loop(cond, body, (y0, jnp.asarray(jnp.inf, y0.dtype), jnp.asarray(0, jnp.int32)))
     return unflatten(y), GeometricMedianInfo(it, change <= tol, change)
-
-
-def _masked_median(values: jax.Array, mask: jax.Array) -> jax.Array:
-    """Median of ``values [R]`` over the participants (mean of the two middle values)."""
-    n = jnp.sum(mask)
-    v = _order_statistics(values, mask, jnp.stack([(n - 1) // 2, n // 2]))
-    return 0.5 * v[0] + 0.5 * v[1]
 
 
 def _pairwise_sq_distances(flat: jax.Array) -> jax.Array:
@@ -297,7 +291,7 @@ def centered_clipping(
     w = _weights(weights, mask)
     flat, unflatten = _flatten(updates)
     if center is None:
-        v = _flatten(jax.tree.map(lambda x: x[None], coordinate_median(updates, mask)))[0][0]
+        v = coordinate_median(flat, mask)
     else:
         v = _flatten(jax.tree.map(lambda x: jnp.asarray(x)[None], center))[0][0]
         if v.shape != flat.shape[1:]:
@@ -306,7 +300,7 @@ def centered_clipping(
     def step(v, _):
         diff = flat - v
         norm = jnp.sqrt(jnp.sum(diff**2, axis=1))
-        tau = radius if radius is not None else _masked_median(norm, mask)
+        tau = radius if radius is not None else coordinate_median(norm, mask)
         scale = jnp.minimum(1.0, tau / jnp.maximum(norm, 1e-30))
         return v + _weighted_average(diff * scale[:, None], w), None
 

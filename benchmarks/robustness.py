@@ -258,7 +258,6 @@ def main() -> None:
         targets["within_2_points_and_no_tax"] = [
             g for g in aggregators if g not in ("mean", "sign_consensus") and worst[g] <= 0.02 and clean[g] >= clean["mean"] - 0.02
         ]
-    if "mean" in aggregators:
         targets["mean_max_drop_at_0.3"] = worst["mean"]
         targets["mean_breaks"] = bool(worst["mean"] >= 0.10)
     if "sign_consensus" in aggregators:
