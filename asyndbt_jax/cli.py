@@ -244,6 +244,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="contextual calibration of the label scores: every prompt also asks content-free inputs "
                           "and its answers are corrected by theirs (default on)")
     run.add_argument("--candidates", type=int, help=f"demonstration candidates per class, V (default {DEFAULTS['candidates']})")
+    run.add_argument("--validation", type=int,
+                     help=f"validation examples per class, shared among the workers (default {DEFAULTS['validation']}; "
+                          "paper 10)")
+    run.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=None,
+                     help="deliver each worker's best decoded prompt on its own validation examples (early stopping; "
+                          "default on; simulated runtime)")
     run.add_argument("--demos-per-class", type=int,
                      help=f"demonstrations each class shows, k (default {DEFAULTS['demos_per_class']}; paper 1)")
     run.add_argument("--method", help=f"{'|'.join(job_methods())} (default {DEFAULTS['method']})")
@@ -286,7 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", help="run folder (default runs/<task>-<method>-seed<seed>)")
     run.add_argument("--cache", help="response cache file (default: responses.sqlite in the user cache)")
     run.add_argument("--quick", action="store_true",
-                     help="a smoke run: 2 iterations, I=2, 10 test examples (about 100 s on 2 CPU cores)")
+                     help="a smoke run: 2 iterations, I=2, 10 validation examples per class, 10 test examples (about 100 s on 2 CPU cores)")
     run.add_argument("--json", action="store_true", help="print the result as one JSON object, no progress")
     run.set_defaults(func=_run)
 

@@ -55,6 +55,8 @@ class JobConfig:
     # GLUE task: "fitted" (the template the embedded models answer best, where the task has one) or "paper"
     calibrate: bool = True  # contextual calibration of the label scores (content-free inputs)
     candidates: int = 50  # demonstration candidates per class, V
+    validation: int = 20  # validation examples per class, shared among the workers (paper: 10)
+    keep_best: bool = True  # deliver each worker's best decoded prompt on its own validation examples
     demos_per_class: int = 1  # k: demonstrations each class shows (paper: 1)
     workers: int = 3
     active: int = 2
@@ -95,7 +97,7 @@ class JobConfig:
                 names = " or ".join("none" if t is type(None) else t.__name__ for t in allowed)
                 raise ValueError(f"{f.name} must be {names}, got {value!r}")
         for name in ("workers", "active", "staleness", "iterations", "samples", "fragment_words", "lower_rounds",
-                     "test_size", "checkpoint_every", "candidates", "demos_per_class"):
+                     "test_size", "checkpoint_every", "candidates", "demos_per_class", "validation"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.cut_tolerance is not None and not (math.isfinite(self.cut_tolerance) and self.cut_tolerance > 0):
@@ -109,7 +111,7 @@ class JobConfig:
 
 _TYPES = typing.get_type_hints(JobConfig)
 DEFAULTS = {f.name: f.default for f in dataclasses.fields(JobConfig)}
-QUICK = dict(iterations=2, samples=2, test_size=10)  # ~100 s on 2 cores: a smoke run, not a result
+QUICK = dict(iterations=2, samples=2, test_size=10, validation=10)  # ~100 s on 2 cores: a smoke run, not a result
 _NOT_RESULTS = ("out", "cache", "progress", "checkpoint_every", "ray_address", "actors")  # settings that do not change what a run computes
 
 
@@ -202,7 +204,11 @@ def make_scorer(cfg: JobConfig):
 def upgrade_config(config: dict) -> dict:
     """A stored run configuration in today's terms. Runs written before calibrated scoring and
     the fitted templates existed (no ``calibrate`` key) scored raw label log-probs with the
-    paper's template."""
+    paper's template; runs written before the validation size and early stopping were
+    settings (no ``validation`` key) used the paper's 10 validation examples per class and
+    delivered the last decoded prompts."""
+    if "validation" not in config:
+        config = {**config, "validation": 10, "keep_best": False}
     if "calibrate" in config:
         return config
     return {**config, "calibrate": False, "template": config.get("template") or (None if config.get("train_file") else "paper")}
@@ -328,7 +334,8 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
         return saved.get("wall_seconds", 0.0) + time.perf_counter() - started
 
     data, test_pool = load_task(cfg)  # every data problem is reported before the run folder is touched
-    split = paper_split(data, seed=cfg.seed, test=cfg.test_size, test_pool=test_pool, candidates=cfg.candidates)
+    split = paper_split(data, seed=cfg.seed, test=cfg.test_size, test_pool=test_pool, candidates=cfg.candidates,
+                        validation=cfg.validation)
     if not resume:
         _claim(out, cfg)
     for note in split.notes:
@@ -414,14 +421,16 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
             seed=cfg.seed, history_path=str(out / "history.jsonl"), progress=cfg.progress,
             eval_every=1, test_every=cfg.iterations, num_samples=cfg.samples, lower_rounds=cfg.lower_rounds,
             epsilon=cfg.cut_tolerance, lr_fragment=cfg.lr, lr_demos=cfg.lr, num_malicious=cfg.malicious, attack=cfg.attack,
-            aggregator=cfg.aggregator, status=feedback.status, checkpoint=str(checkpoint),
+            aggregator=cfg.aggregator, status=feedback.status, checkpoint=str(checkpoint), keep_best=cfg.keep_best,
             checkpoint_every=cfg.checkpoint_every, resume=resume, stop=near_budget,
             checkpoint_extra=lambda: {"prompts": done + feedback.prompts - tuning_start, "wall_seconds": wall()},
         )
         accuracy[cfg.method] = result.final_test_accuracy
         prompts[cfg.method] = done + feedback.prompts - tuning_start
-        summary.update(_learned(data, task, decoded_prompts(config, result.state)))
+        kept = result.kept is not None and result.kept.demos is not None
+        summary.update(_learned(data, task, result.kept.prompts() if kept else decoded_prompts(config, result.state)))
         summary.update({
+            "kept_best": cfg.keep_best,
             "active": config.num_active,
             "staleness": cfg.staleness,
             "delay": cfg.delay,
@@ -457,8 +466,8 @@ def _checkpoint_extra(checkpoint: Path, feddtpt: bool) -> dict:
 
 def _learned(data, task, decoded) -> dict:
     """Every worker's learned demonstrations (as text; slot ``s`` shows class ``s mod U``) and
-    the consensus fragment."""
-    words = np.asarray(decoded.fragment_words[0])  # the consensus fragment: the same for every worker
+    fragment (the consensus's, decoded when that worker's prompt was: early stopping keeps each
+    worker's prompt from its own best iteration)."""
     U = task.num_classes
     learned = [
         [{"label": data.template.answers[s % U], **data.examples[int(task.candidates[s % U, k])]}
@@ -466,8 +475,9 @@ def _learned(data, task, decoded) -> dict:
         for worker_demos in decoded.demos
     ]
     # the tuned row: mean over the benign workers' own prompts (their demonstrations differ)
-    return {"learned_demonstrations": learned,
-            "learned_fragment": " ".join(task.vocabulary[j] for j in words if j >= 0 and task.vocabulary[j])}
+    fragments = [" ".join(task.vocabulary[j] for j in np.asarray(words) if j >= 0 and task.vocabulary[j])
+                 for words in decoded.fragment_words]
+    return {"learned_demonstrations": learned, "learned_fragment": fragments[0], "learned_fragments": fragments}
 
 
 def _actor_feedback(cfg: JobConfig, task):
@@ -493,7 +503,9 @@ def _run_on_runtime(cfg: JobConfig, data, task, feedback, train, validation, spl
                            lr_fragment=cfg.lr, lr_demos=cfg.lr,
                            aggregator=cfg.aggregator, **shapes)
     make_feedback = (lambda: feedback) if cfg.runtime == "local" else functools.partial(_actor_feedback, cfg, task)
-    _log(cfg, f"tuning on the {cfg.runtime} runtime: {cfg.workers} concurrent workers (S={cfg.active}, tau={cfg.staleness})")
+    _log(cfg, f"tuning on the {cfg.runtime} runtime: {cfg.workers} concurrent workers (S={cfg.active}, tau={cfg.staleness})"
+              + ("; it delivers the last decoded prompts (early stopping on validation runs on the simulated runtime "
+                 "only)" if cfg.keep_best else ""))
     result = run_runtime(config, make_feedback, method_data(cfg.method, Data(jnp.asarray(train), jnp.asarray(validation))),
                          jnp.asarray(split.test),
                          iterations=cfg.iterations, runtime=cfg.runtime, seed=cfg.seed, progress=cfg.progress,
@@ -503,6 +515,7 @@ def _run_on_runtime(cfg: JobConfig, data, task, feedback, train, validation, spl
     prompts[cfg.method] = result.queries + live * (validation.shape[1] + len(split.test))  # + the final evaluation
     decoded = prompts_of(config, result.workers.selection, result.server.consensus)
     return _learned(data, task, decoded) | {
+        "kept_best": False,
         "runtime": cfg.runtime,
         "active": cfg.active,
         "staleness": cfg.staleness,

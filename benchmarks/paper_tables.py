@@ -123,10 +123,11 @@ def run_dir(runs_dir: Path, task: str, spec: str, seed: int) -> Path:
 def job_config(task: str, spec: str, seed: int, args, out: Path) -> JobConfig:
     glue = task.startswith("glue:")
     method, variant = parse_method(spec)
-    # the paper's setting: its templates, raw label scores (the job's defaults fit the embedded model instead)
+    # the paper's setting: its templates, raw label scores, its 10 validation examples per class, the last
+    # decoded prompts (the job's defaults fit the embedded model and the tuner's signal instead)
     values = dict(task=task.split(":", 1)[1] if glue else task, method=method, seed=seed, out=str(out),
                   glue_dir=str(args.glue_dir) if glue else None, progress=not args.json, template="paper",
-                  calibrate=False, **variant)
+                  calibrate=False, validation=10, keep_best=False, **variant)
     for name in ("iterations", "samples", "test_size"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)

@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine  # noqa: E402
 
-from asyndbt_jax.job import JobConfig, load_task, make_scorer  # noqa: E402
+from asyndbt_jax.job import JobConfig, load_task, make_scorer, upgrade_config  # noqa: E402
 from asyndbt_jax.llm import ResponseCache, cache_root  # noqa: E402
 from asyndbt_jax.tasks import paper_split  # noqa: E402
 
@@ -70,11 +70,12 @@ def main():
         if not result.get("learned_demonstrations") and not result.get("learned_fragment"):
             print(f"skip {run}: {result['method']} learns no prompt", file=sys.stderr)
             continue
-        stored = json.loads((run / "config.json").read_text())
+        stored = upgrade_config(json.loads((run / "config.json").read_text()))
         known = {f.name for f in dataclasses.fields(JobConfig)}
         cfg = JobConfig(**{k: v for k, v in stored.items() if k in known} | {"progress": False})
         data, test_pool = load_task(cfg)
-        split = paper_split(data, seed=cfg.seed, test=cfg.test_size, test_pool=test_pool)
+        split = paper_split(data, seed=cfg.seed, test=cfg.test_size, test_pool=test_pool, candidates=cfg.candidates,
+                            validation=cfg.validation)
         template = data.template
         queries = [data.examples[int(i)] for i in split.test]
         labels = np.asarray(data.labels)[np.asarray(split.test)]

@@ -44,6 +44,9 @@ def _args(parser):
     parser.add_argument("--split-seed", type=int, default=0)
     parser.add_argument("--pool", type=int, default=8, help="candidates per class in the table")
     parser.add_argument("--test", type=int, default=60, help="held-out test examples in the table")
+    parser.add_argument("--validation", type=int, default=10,
+                        help="validation examples per class in the split (the paper's: 10); a larger split adds the "
+                             "'validation examples per worker' lever")
     parser.add_argument("--runs", type=int, default=10, help="tuner seeds per lever setting")
     parser.add_argument("--workers", type=int, default=3)
     parser.add_argument("--active", type=int, default=2)
@@ -74,7 +77,7 @@ def build_table(args):
     from asyndbt_jax.tasks import paper_split, with_template
 
     data = with_template(load_task(args.task, args.glue_dir), "fitted")
-    split = paper_split(data, seed=args.split_seed, test=args.test)
+    split = paper_split(data, seed=args.split_seed, test=args.test, validation=args.validation)
     task = split.prompt_task(empty_slot=args.empty_slot)
     queries = np.concatenate([split.train, split.validation, split.test])
     feedback = LLMFeedback(task, LocalScorer(args.model), cache=ResponseCache(cache_root() / "responses.sqlite"),
@@ -95,6 +98,7 @@ def build_table(args):
 
 
 def main():
+    import jax
     import jax.numpy as jnp
 
     from asyndbt_jax.engine import Data, decoded_prompts
@@ -118,9 +122,10 @@ def main():
 
     train_and_validation = np.concatenate([train, validation], axis=1)
 
-    def run(method, V, samples, iterations, lr, keep_best, seed, upper="validation"):
+    def run(method, V, samples, iterations, lr, keep_best, seed, upper="validation", per_worker=None):
         feedback = TableFeedback(losses[:V, :V], correct[:V, :V])
         queries = validation if upper == "validation" else train_and_validation
+        queries = queries[:, :per_worker]  # each worker's first ``per_worker`` validation examples
         result, config = run_method(
             method, feedback, Data(jnp.asarray(train), jnp.asarray(queries)), jnp.asarray(validation[0]), delay,
             shapes=dict(num_fragment_words=1, vocab_size=2, num_classes=2, num_candidates=V), iterations=iterations,
@@ -150,11 +155,21 @@ def main():
     for method in ("asyndbt", "demos-only"):  # the upper-level estimate on every labelled query a worker holds
         settings.append({**base, "method": method, "upper": "train+validation"})
         settings.append({**base, "method": method, "upper": "train+validation", "iterations": 50, "lr": 0.2})
+    paper_size = len(partition_workers(np.arange(2 * 10), np.arange(20) % 2, R)[0])
+    for per_worker in sorted({paper_size, 2 * paper_size, validation.shape[1]}):  # validation examples per worker
+        if per_worker <= validation.shape[1]:
+            for method in ("asyndbt", "demos-only"):
+                settings.append({**base, "method": method, "per_worker": per_worker})
+                settings.append({**base, "method": method, "per_worker": per_worker, "iterations": 50, "lr": 0.2})
+            settings.append({**base, "per_worker": per_worker, "keep_best": True})  # early stopping on that batch
+    for lever in ({"lr": 0.2}, {"iterations": 15}, {"samples": 8}):  # with early stopping on the whole batch
+        settings.append({**base, "keep_best": True, **lever})
     unique = list({tuple(sorted(s.items())): s for s in settings}.values())
     rows = []
     started = time.perf_counter()
     for s in unique:
         accs, spent = zip(*(run(**s, seed=seed) for seed in range(args.runs)))
+        jax.clear_caches()  # every setting compiles afresh: without this a long sweep runs out of code memory
         rows.append({**s, "test_accuracy_mean": float(np.mean(accs)), "test_accuracy_std": float(np.std(accs)),
                      "tuning_queries_mean": float(np.mean(spent))})
         if not args.json:
@@ -166,6 +181,8 @@ def main():
         "template": template_label(data.template),
         "split_seed": args.split_seed,
         "pool": args.pool,
+        "validation_per_class": args.validation,
+        "validation_per_worker": int(validation.shape[1]),
         "empty_slot": args.empty_slot,
         "table": {"pairs": int(flat.size), "queries": int(len(queries)), "test_examples": int(len(test_pos)),
                   "prompts": int(table_prompts), "seconds": table_seconds,

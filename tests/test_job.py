@@ -8,7 +8,8 @@ import pytest
 
 from asyndbt_jax.cli import main
 
-TINY = ["--workers", "2", "--active", "1", "--samples", "2", "--fragment-words", "3", "--test-size", "4"]
+TINY = ["--workers", "2", "--active", "1", "--samples", "2", "--fragment-words", "3", "--test-size", "4",
+        "--validation", "10"]
 
 
 @pytest.mark.slow
@@ -27,6 +28,8 @@ def test_quick_run_then_a_free_rerun(tmp_path, capsys):
     assert first["llm_prompts_by_method"]["manual"] == first["llm_prompts_by_method"]["random-icl"] == 10 + 2
     assert first["template"] == "fitted:sst2" and first["calibrated"] is True
     assert len(first["learned_demonstrations"]) == 3 and all(len(d) == 2 for d in first["learned_demonstrations"])
+    # early stopping (the default): each worker delivers its best prompt on its validation examples, fragment included
+    assert first["kept_best"] is True and len(first["learned_fragments"]) == 3
     # the fragment holds vocabulary n-grams only ("" = no word is never printed)
     assert "  " not in first["learned_fragment"] and first["learned_fragment"] == first["learned_fragment"].strip()
     history = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
@@ -78,6 +81,7 @@ def test_quick_run_on_the_local_runtime(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out)
     assert result["runtime"] == "local" and result["iterations"] == 3 and result["failed_workers"] == {}
     assert len(result["learned_demonstrations"]) == 2
+    assert result["kept_best"] is False  # a real runtime delivers the last decoded prompts
     history = [json.loads(line) for line in (tmp_path / "run" / "history.jsonl").read_text().splitlines()]
     assert len(history) == 3 and history[0]["arrived"] == [0, 1]
     assert result["test_accuracy"]["asyndbt"] == history[-1]["test_accuracy"]  # the run's own last evaluation
@@ -300,3 +304,23 @@ def test_runs_written_before_calibration_read_as_raw_scores_with_the_papers_temp
     assert differences(old, now) == ["calibrate=False (now True)", "template='paper' (now None)"]
     assert differences(old, dataclasses.asdict(JobConfig(template="paper", calibrate=False))) == []
     assert upgrade_config(now) is now
+
+
+def test_runs_written_before_the_validation_setting_read_as_the_papers_split_and_the_last_prompts():
+    import dataclasses
+
+    from asyndbt_jax.job import DEFAULTS, JobConfig, differences, upgrade_config
+
+    old = {k: v for k, v in DEFAULTS.items() if k not in ("validation", "keep_best")}
+    assert upgrade_config(old)["validation"] == 10 and upgrade_config(old)["keep_best"] is False
+    now = dataclasses.asdict(JobConfig())
+    assert differences(old, now) == ["keep_best=False (now True)", "validation=10 (now 20)"]
+    assert differences(old, dataclasses.asdict(JobConfig(validation=10, keep_best=False))) == []
+
+
+def test_the_validation_size_and_early_stopping_are_flags(tmp_path):
+    with pytest.raises(SystemExit, match=r"validation must be >= 1, got 0"):
+        main(["run", "--json", "--validation", "0", "--out", str(tmp_path / "a")])
+    with pytest.raises(SystemExit, match=r"the split needs 10060 \(train 10 \+ validation 10000 \+ candidates 50\)"):
+        main(["run", "--json", "--validation", "10000", "--out", str(tmp_path / "b")])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before the run folder
