@@ -72,7 +72,7 @@ def test_job_errors_for_user_tasks(tmp_path):
     with pytest.raises(SystemExit, match=r"needs --label-words"):
         main(["run", "--train-file", str(tmp_path / "a.csv"), "--out", str(tmp_path / "o")])
     small = write(tmp_path / "small.csv", "text,label\n" + "".join(f"t{i},{'pos' if i % 2 else 'neg'}\n" for i in range(40)))
-    with pytest.raises(SystemExit, match=r"small: class 0 \('Terrible'\) has 20 examples; the split needs 70"):
+    with pytest.raises(SystemExit, match=r"small: class 0 \('Terrible'\) has 20 examples; the split needs 80"):
         main(["run", "--train-file", str(small), "--label-words", "neg=Terrible,pos=Great", "--out", str(tmp_path / "o")])
     with pytest.raises(SystemExit, match=r"--test-file goes with --train-file"):
         main(["run", "--test-file", str(small), "--out", str(tmp_path / "p")])
@@ -87,8 +87,8 @@ def test_run_on_the_users_files(tmp_path, capsys):
     rng = np.random.default_rng(0)
     pick = {u: rng.permutation(np.flatnonzero(mr.labels == u)) for u in (0, 1)}
     name = {0: "neg", 1: "pos"}
-    train = [(mr.examples[i]["S1"], name[u]) for u in (0, 1) for i in pick[u][:75]]
-    test = [(mr.examples[i]["S1"], name[u]) for u in (0, 1) for i in pick[u][75:78]]
+    train = [(mr.examples[i]["S1"], name[u]) for u in (0, 1) for i in pick[u][:80]]
+    test = [(mr.examples[i]["S1"], name[u]) for u in (0, 1) for i in pick[u][80:83]]
     import csv
 
     with open(tmp_path / "reviews.csv", "w", newline="") as f:
