@@ -14,7 +14,10 @@ model gives, no fragment), so each lever costs seconds, not an LLM run:
   then one of the choices, and an untrained selection decodes to it);
 * the final pick: the last decoded prompt or the best one on validation (early stopping);
 * the queries of the upper-level estimate: the worker's validation batch (the method) or
-  its train and validation batches together.
+  its train and validation batches together;
+* ``--validation N``: a split with N validation examples per class (the paper's 10); each
+  worker's first 7, 14 or all of its validation examples then feed its estimates and its
+  early stopping (the "validation examples per worker" lever).
 
 The test examples never reach the tuner; they only score the prompt it delivers. Prints one
 JSON object: the table's facts (the template alone's test accuracy; mean, best and
@@ -23,6 +26,7 @@ is there to find), and per lever setting the delivered prompt's test accuracy (m
 std over run seeds) and the queries it scored.
 
     python benchmarks/tuner_levers.py --task mr --pool 8 --out docs/tuner_levers_mr.json
+    python benchmarks/tuner_levers.py --task mr --pool 8 --validation 40 --out docs/tuner_levers_mr_val40.json
 """
 
 from __future__ import annotations
