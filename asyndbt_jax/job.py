@@ -269,7 +269,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
 
     from . import baselines
     from .attacks import ATTACKS
-    from .engine import AGGREGATORS, METHODS, Data, decoded_prompts
+    from .engine import AGGREGATORS, METHODS, Data
     from .harness import run_method
     from .llm import CONTENT_FREE, LLMFeedback, ResponseCache, cache_root
     from .simulator import parse_delay
@@ -427,8 +427,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
         )
         accuracy[cfg.method] = result.final_test_accuracy
         prompts[cfg.method] = done + feedback.prompts - tuning_start
-        kept = result.kept is not None and result.kept.demos is not None
-        summary.update(_learned(data, task, result.kept.prompts() if kept else decoded_prompts(config, result.state)))
+        summary.update(_learned(data, task, result.delivered_prompts(config)))
         summary.update({
             "kept_best": cfg.keep_best,
             "active": config.num_active,

@@ -134,6 +134,11 @@ class KeptPrompts:
         self.fragment_words[better], self.demos[better] = words[better], demos[better]
         self.accuracy[better], self.loss[better], self.iteration[better] = accuracy[better], loss[better], iteration
 
+    @property
+    def filled(self) -> bool:
+        """Whether a prompt has been kept yet (the first validation pass fills every worker)."""
+        return self.demos is not None
+
     def prompts(self) -> Configuration:
         return Configuration(jnp.asarray(self.fragment_words), jnp.asarray(self.demos))
 
@@ -162,6 +167,13 @@ class SimulationResult:
     rejected: int
     reached_target_at: float | None
     kept: KeptPrompts | None = None  # keep_best: the prompts the run delivers
+
+    def delivered_prompts(self, config: AsynDBTConfig) -> Configuration:
+        """The prompts this run delivers, one per worker: the kept ones under early stopping,
+        otherwise the last decoded ones."""
+        if self.kept is not None and self.kept.filled:
+            return self.kept.prompts()
+        return _DECODE(config, self.state)
 
 
 def choose_arrivals(arrival: np.ndarray, staleness: np.ndarray, offline: np.ndarray, num_active: int, max_staleness: int):
@@ -446,7 +458,7 @@ def simulate(
                 if target_validation_accuracy is not None and reached is None and val_acc >= target_validation_accuracy:
                     reached = clock.time
             if it % test_every == 0 or last:
-                held = kept.prompts() if kept is not None and kept.demos is not None else current
+                held = kept.prompts() if kept is not None and kept.filled else current
                 test_acc = float(np.mean(np.asarray(evaluate_jit(feedback_fn, held, test_queries)[0])[benign]))
                 record["test_accuracy"] = test_acc
             history.append(record)
@@ -474,7 +486,7 @@ def simulate(
         state=state,
         history=history,
         final_test_accuracy=test_acc,
-        final_validation_accuracy=float(np.mean(kept.accuracy[benign])) if kept is not None and kept.demos is not None
+        final_validation_accuracy=float(np.mean(kept.accuracy[benign])) if kept is not None and kept.filled
         else val_acc,
         iterations=len(history),
         virtual_time=clock.time,
