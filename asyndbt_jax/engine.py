@@ -47,7 +47,7 @@ from ._checks import per_worker
 from .estimators import selection_gradient
 from .feedback import Feedback, FeedbackFn
 from .lower_level import LowerLevelState, PrimalDualHyperparams, primal_dual_round, primal_dual_rounds, server_consensus_step
-from .optim import project_onto_simplex
+from .optim import simplex_adam
 from .simplex import project_simplex
 from .selection import Configuration, SelectionVariables, decode, init_selection, sample_configurations
 
@@ -342,12 +342,11 @@ def method_data(method: str, data: "Data") -> "Data":
 
 def _optimizer(config: AsynDBTConfig) -> optax.GradientTransformation:
     # Each level takes its own projected Adam step (its own learning rate). The black-box
-    # estimate is clipped before the deterministic cut force is added (``worker_reply``).
-    def level(learning_rate):
-        return optax.chain(optax.adam(learning_rate), project_onto_simplex())
-
+    # estimate is clipped before the deterministic cut force is added (``worker_reply``), so
+    # the optimizer itself does not clip.
     return optax.multi_transform(
-        {"fragment_probs": level(config.lr_fragment), "demo_probs": level(config.lr_demos)},
+        {"fragment_probs": simplex_adam(config.lr_fragment, max_norm=math.inf),
+         "demo_probs": simplex_adam(config.lr_demos, max_norm=math.inf)},
         SelectionVariables("fragment_probs", "demo_probs"),
     )
 

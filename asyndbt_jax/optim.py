@@ -19,6 +19,7 @@ import math
 import jax
 import optax
 
+from ._checks import is_concrete
 from .simplex import project_simplex
 
 
@@ -46,7 +47,8 @@ def simplex_adam(learning_rate: float = 1e-4, max_norm: float = 3.0) -> optax.Gr
     """BDPL's projected optimizer: ``clip_by_global_norm(max_norm) → adam(lr) → project``.
 
     Args:
-      learning_rate: Adam step size (AsynDBT: 1e-4). A float or an optax schedule.
+      learning_rate: Adam step size (AsynDBT: 1e-4). A float, a traced scalar (a learning rate
+        passed as data into a jitted step) or an optax schedule.
       max_norm: global gradient-norm clip (BDPL: 3). ``math.inf`` disables clipping.
 
     Returns:
@@ -56,7 +58,8 @@ def simplex_adam(learning_rate: float = 1e-4, max_norm: float = 3.0) -> optax.Gr
     Paper: BDPL's projected step, and the ``proj_Δ(p − η ∇̂)`` steps of AsynDBT's lower and upper levels
     (docs/algorithm.md).
     """
-    if not callable(learning_rate) and not (math.isfinite(learning_rate) and learning_rate > 0):
+    if (not callable(learning_rate) and is_concrete(learning_rate)
+            and not (math.isfinite(learning_rate) and learning_rate > 0)):
         raise ValueError(f"learning_rate must be a finite positive number, got {learning_rate!r}")
     if not max_norm > 0:
         raise ValueError(f"max_norm must be positive, got {max_norm!r}")
