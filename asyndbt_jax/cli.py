@@ -250,6 +250,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=None,
                      help="deliver each worker's best decoded prompt on its own validation examples (early stopping; "
                           "default on; simulated runtime)")
+    run.add_argument("--pick", choices=("own", "pooled"),
+                     help="what the workers deliver at the end: 'pooled' (default): every worker scores the workers' "
+                          "delivered prompts on its own validation examples and all adopt the best; 'own': each its "
+                          "own prompt (the paper; the tuned accuracy is then the mean over the workers' prompts)")
     run.add_argument("--demos-per-class", type=int,
                      help=f"demonstrations each class shows, k (default {DEFAULTS['demos_per_class']}; paper 1)")
     run.add_argument("--method", help=f"{'|'.join(job_methods())} (default {DEFAULTS['method']})")

@@ -848,6 +848,19 @@ def evaluate(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineState,
     return evaluate_prompts(feedback_fn, decoded_prompts(config, state), queries)[0]
 
 
+def pooled_scores(feedback_fn: FeedbackFn, prompts: Configuration, queries, voters) -> tuple[jax.Array, jax.Array]:
+    """Federated model selection: every voting worker scores each of the ``R`` prompts
+    (``fragment_words [R, M]``, ``demos [R, U]``) on its own batch (``queries`` leaves
+    ``[R, B]``), and the server pools the counts. Returns accuracy and mean loss ``[R]`` of
+    each prompt over the voters' ``R_v · B`` queries (``voters``: bool ``[R]``). One feedback
+    call, ``R`` prompts per worker: ``R² B`` queries in all."""
+    R = prompts.demos.shape[0]
+    every = jax.tree.map(lambda x: jnp.broadcast_to(x[None], (R,) + x.shape), prompts)  # [R workers, R prompts, ...]
+    answers = feedback_fn(every, queries)
+    weight = jnp.asarray(voters, jnp.float32)[:, None, None] / (jnp.sum(voters) * answers.correct.shape[-1])
+    return jnp.sum(answers.correct * weight, axis=(0, 2)), jnp.sum(answers.losses * weight, axis=(0, 2))
+
+
 def evaluate_prompts(feedback_fn: FeedbackFn, prompts: Configuration, queries) -> tuple[jax.Array, jax.Array]:
     """Accuracy and mean loss ``[R]`` of one prompt per worker (``fragment_words [R, M]``,
     ``demos [R, U]``) on ``queries`` (leaves ``[B]``, shared, or ``[R, B]``, each worker's own)."""

@@ -57,6 +57,7 @@ class JobConfig:
     candidates: int = 50  # demonstration candidates per class, V
     validation: int = 20  # validation examples per class, shared among the workers (paper: 10)
     keep_best: bool = True  # deliver each worker's best decoded prompt on its own validation examples
+    pick: str = "pooled"  # "pooled": all workers adopt the delivered prompt best on every worker's validation; "own"
     demos_per_class: int = 1  # k: demonstrations each class shows (paper: 1)
     workers: int = 3
     active: int = 2
@@ -102,6 +103,8 @@ class JobConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.cut_tolerance is not None and not (math.isfinite(self.cut_tolerance) and self.cut_tolerance > 0):
             raise ValueError(f"cut_tolerance must be a finite positive number, got {self.cut_tolerance!r}")
+        if self.pick not in ("own", "pooled"):
+            raise ValueError(f"pick must be 'own' or 'pooled', got {self.pick!r}")
         if self.demos_per_class > self.candidates:
             raise ValueError(f"demos_per_class ({self.demos_per_class}) cannot exceed candidates ({self.candidates})")
         if self.samples < 2 and self.method != "feddtpt":  # FedDTPT's clients may propose one candidate
@@ -206,9 +209,12 @@ def upgrade_config(config: dict) -> dict:
     the fitted templates existed (no ``calibrate`` key) scored raw label log-probs with the
     paper's template; runs written before the validation size and early stopping were
     settings (no ``validation`` key) used the paper's 10 validation examples per class and
-    delivered the last decoded prompts."""
+    delivered the last decoded prompts; runs written before the pooled pick (no ``pick`` key)
+    delivered each worker's own prompt."""
     if "validation" not in config:
         config = {**config, "validation": 10, "keep_best": False}
+    if "pick" not in config:
+        config = {**config, "pick": "own"}
     if "calibrate" in config:
         return config
     return {**config, "calibrate": False, "template": config.get("template") or (None if config.get("train_file") else "paper")}
@@ -355,6 +361,8 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
     upper = validation.shape[1] + (train.shape[1] if cfg.method == "joint" else 0)  # joint: train and validation
     one_iteration = cfg.workers * (cfg.samples + 1) * (upper + cf)
     evaluation = cfg.workers * (upper + T + 2 * cf)  # the test evaluation; validation's is in every step
+    if cfg.pick == "pooled":  # every worker scores every delivered prompt, then the picked one meets the test
+        evaluation += cfg.workers ** 2 * (validation.shape[1] + cf) + T + cf
     if cfg.method == "feddtpt":  # no mid-run stop: the whole plan must fit
         one_iteration = (cfg.workers * (cfg.samples + 1) * (train.shape[1] + len(split.validation) + cf)
                          + len(split.validation) + cf)
@@ -421,7 +429,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
             seed=cfg.seed, history_path=str(out / "history.jsonl"), progress=cfg.progress,
             eval_every=1, test_every=cfg.iterations, num_samples=cfg.samples, lower_rounds=cfg.lower_rounds,
             epsilon=cfg.cut_tolerance, lr_fragment=cfg.lr, lr_demos=cfg.lr, num_malicious=cfg.malicious, attack=cfg.attack,
-            aggregator=cfg.aggregator, status=feedback.status, checkpoint=str(checkpoint), keep_best=cfg.keep_best,
+            aggregator=cfg.aggregator, status=feedback.status, checkpoint=str(checkpoint), keep_best=cfg.keep_best, pick=cfg.pick,
             checkpoint_every=cfg.checkpoint_every, resume=resume, stop=near_budget,
             checkpoint_extra=lambda: {"prompts": done + feedback.prompts - tuning_start, "wall_seconds": wall()},
         )
@@ -430,6 +438,8 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
         summary.update(_learned(data, task, result.delivered_prompts(config)))
         summary.update({
             "kept_best": cfg.keep_best,
+            "pick": cfg.pick,
+            **({"picked_worker": result.picked} if result.picked is not None else {}),
             "active": config.num_active,
             "staleness": cfg.staleness,
             "delay": cfg.delay,
@@ -503,8 +513,8 @@ def _run_on_runtime(cfg: JobConfig, data, task, feedback, train, validation, spl
                            aggregator=cfg.aggregator, **shapes)
     make_feedback = (lambda: feedback) if cfg.runtime == "local" else functools.partial(_actor_feedback, cfg, task)
     _log(cfg, f"tuning on the {cfg.runtime} runtime: {cfg.workers} concurrent workers (S={cfg.active}, tau={cfg.staleness})"
-              + ("; it delivers the last decoded prompts (early stopping on validation runs on the simulated runtime "
-                 "only)" if cfg.keep_best else ""))
+              + ("; it delivers each worker's last decoded prompt (early stopping and the pooled pick run on the "
+                 "simulated runtime only)" if cfg.keep_best or cfg.pick != "own" else ""))
     result = run_runtime(config, make_feedback, method_data(cfg.method, Data(jnp.asarray(train), jnp.asarray(validation))),
                          jnp.asarray(split.test),
                          iterations=cfg.iterations, runtime=cfg.runtime, seed=cfg.seed, progress=cfg.progress,
@@ -515,6 +525,7 @@ def _run_on_runtime(cfg: JobConfig, data, task, feedback, train, validation, spl
     decoded = prompts_of(config, result.workers.selection, result.server.consensus)
     return _learned(data, task, decoded) | {
         "kept_best": False,
+        "pick": "own",
         "runtime": cfg.runtime,
         "active": cfg.active,
         "staleness": cfg.staleness,
@@ -566,8 +577,11 @@ def table(summary: dict) -> str:
     width = max(len(k) for k in acc)
     tuned = "learned_demonstrations" in summary
     scoring = f"template {summary['template']}, {'calibrated' if summary['calibrated'] else 'raw'} scores"
+    picked = summary.get("picked_worker")
+    how = (f" ({summary['method']}: the prompt every worker adopts, worker {picked}'s, best on all their validation "
+           "examples)" if picked is not None else f" ({summary['method']}: mean over the workers' prompts)")
     lines = [f"{summary['task']} on {summary['model']} ({scoring}): test accuracy over {summary['test_examples']} examples"
-             + (f" ({summary['method']}: mean over the workers' prompts)" if tuned else ""), ""]
+             + (how if tuned else ""), ""]
     lines += [f"  {name:<{width}}  {value * 100:6.2f} %   {summary['llm_prompts_by_method'][name]:>7} prompts"
               for name, value in acc.items()]
     if summary.get("stopped_by_budget"):
@@ -578,11 +592,12 @@ def table(summary: dict) -> str:
         lines += ["", f"{summary['llm_prompts']} prompts scored ({summary['cache_hits']} cache hits), "
                       f"{summary['wall_seconds']:.0f} s; results in {summary['out']}"]
         return "\n".join(lines)
-    lines += ["", "learned demonstrations (per worker):"]
-    for r, demos in enumerate(summary["learned_demonstrations"]):
+    shown = summary["learned_demonstrations"]
+    lines += ["", "learned demonstrations (per worker):" if picked is None else "learned demonstrations:"]
+    for r, demos in enumerate(shown if picked is None else shown[:1]):
         for d in demos:
             text = " / ".join(v for k, v in d.items() if k != "label")
-            lines.append(f"  worker {r} [{d['label']}] {text}")
+            lines.append(f"  worker {r} [{d['label']}] {text}" if picked is None else f"  [{d['label']}] {text}")
     lines += ["learned fragment:", f"  {summary['learned_fragment'] or '(none)'}", "",
               f"{summary['llm_prompts']} prompts scored ({summary['cache_hits']} cache hits), "
               f"{summary['wall_seconds']:.0f} s; results in {summary['out']}"]

@@ -37,6 +37,7 @@ import numpy as np
 
 from ._files import atomic_file
 from .engine import (AsynDBTConfig, Data, EngineState, decoded_prompts, evaluate, evaluate_prompts, init_state,
+                     pooled_scores,
                      jit_config, malicious_mask, server_step)
 from .selection import Configuration
 
@@ -48,6 +49,8 @@ KINDS = ("constant", "exponential", "lognormal", "pareto", "classes")
 # instead of holding input and output copies (halves peak memory at 100k workers).
 _STEP = jit_config(server_step, static_argnums=(0, 1), donate_argnums=(2,))
 _EVALUATE = jax.jit(evaluate_prompts, static_argnums=0)
+_POOLED = jax.jit(pooled_scores, static_argnums=0)
+PICKS = ("own", "pooled")
 _DECODE = jit_config(decoded_prompts)
 
 
@@ -166,14 +169,16 @@ class SimulationResult:
     queries: int
     rejected: int
     reached_target_at: float | None
-    kept: KeptPrompts | None = None  # keep_best: the prompts the run delivers
+    kept: KeptPrompts | None = None  # keep_best: each worker's best prompt on its validation batch
+    picked: int | None = None  # pick="pooled": the worker whose prompt every worker adopts
 
     def delivered_prompts(self, config: AsynDBTConfig) -> Configuration:
         """The prompts this run delivers, one per worker: the kept ones under early stopping,
-        otherwise the last decoded ones."""
-        if self.kept is not None and self.kept.filled:
-            return self.kept.prompts()
-        return _DECODE(config, self.state)
+        otherwise the last decoded ones; with a pooled pick, the picked one for everyone."""
+        prompts = self.kept.prompts() if self.kept is not None and self.kept.filled else _DECODE(config, self.state)
+        if self.picked is None:
+            return prompts
+        return jax.tree.map(lambda x: jnp.broadcast_to(x[self.picked], x.shape), prompts)
 
 
 def choose_arrivals(arrival: np.ndarray, staleness: np.ndarray, offline: np.ndarray, num_active: int, max_staleness: int):
@@ -337,6 +342,7 @@ def simulate(
     checkpoint_extra: Callable[[], dict] | None = None,
     stop: Callable[[], bool] | None = None,
     keep_best: bool = False,
+    pick: str = "own",
 ) -> SimulationResult:
     """Run ``iterations`` server iterations on the virtual clock.
 
@@ -375,6 +381,15 @@ def simulate(
         its own validation batch; the test accuracy is that of the kept prompts. The history
         records both the current prompts' ``validation_accuracy`` and the kept prompts'
         ``kept_validation_accuracy``.
+      pick: what each worker delivers at the end. ``"own"``: its own prompt (the kept one
+        under ``keep_best``, else its last decoded one); the test accuracy is the mean over
+        the benign workers' prompts. ``"pooled"``: federated model selection (:func:`pooled_scores`):
+        at the last iteration every benign worker scores the benign workers' prompts on its
+        own validation batch (``R² B`` more queries), and every worker adopts the one with the
+        best pooled accuracy (ties: the lower pooled loss, then the lower worker id). The last
+        history record adds ``picked_worker``, ``pooled_validation_accuracy`` and
+        ``picked_test_accuracy``; the result's test accuracy is the picked prompt's and its
+        validation accuracy the pooled one.
 
     Returns:
       ``SimulationResult`` with the final state, per-iteration history and totals.
@@ -383,6 +398,8 @@ def simulate(
     test_every = eval_every if test_every is None else test_every
     if test_every < 1:
         raise ValueError(f"test_every must be >= 1, got {test_every!r}")
+    if pick not in PICKS:
+        raise ValueError(f"pick must be one of {PICKS}, got {pick!r}")
     state = init_state(config, jax.random.key(seed))
     step, evaluate_jit, decode_jit = _STEP, _EVALUATE, _DECODE
     benign = np.asarray(~state.malicious)
@@ -398,6 +415,8 @@ def simulate(
               "eval_every": eval_every, "test_every": test_every, "target_validation_accuracy": target_validation_accuracy}
     if keep_best:
         run_id["keep_best"] = True
+    if pick != "own":
+        run_id["pick"] = pick
     if resume:
         state, meta = resume_from(checkpoint, state, run_id)
         clock.load_state_dict(meta["clock"])
@@ -461,6 +480,16 @@ def simulate(
                 held = kept.prompts() if kept is not None and kept.filled else current
                 test_acc = float(np.mean(np.asarray(evaluate_jit(feedback_fn, held, test_queries)[0])[benign]))
                 record["test_accuracy"] = test_acc
+            if last and pick == "pooled":
+                held = kept.prompts() if kept is not None and kept.filled else current
+                pooled, pooled_loss = (np.asarray(x, np.float64) for x in _POOLED(feedback_fn, held, data.validation, benign))
+                candidates = np.flatnonzero(benign)  # ties: the lower pooled loss, then the lower worker id
+                best = int(candidates[np.lexsort((candidates, pooled_loss[candidates], -pooled[candidates]))[0]])
+                one = jax.tree.map(lambda x: x[best : best + 1], held)
+                test_acc = float(np.asarray(evaluate_jit(feedback_fn, one, test_queries)[0])[0])
+                total_queries += len(benign) ** 2 * int(jax.tree.leaves(data.validation)[0].shape[1])
+                record.update(picked_worker=best, pooled_validation_accuracy=float(pooled[best]),
+                              picked_test_accuracy=test_acc)
             history.append(record)
             if sink:
                 sink.write(json.dumps(record) + "\n")
@@ -482,18 +511,23 @@ def simulate(
             sink.close()
         if progress:
             sys.stderr.write("\n")
+    final = history[-1] if history else {}
+    if "pooled_validation_accuracy" in final:
+        val_acc = final["pooled_validation_accuracy"]
+    elif kept is not None and kept.filled:
+        val_acc = float(np.mean(kept.accuracy[benign]))
     return SimulationResult(
         state=state,
         history=history,
         final_test_accuracy=test_acc,
-        final_validation_accuracy=float(np.mean(kept.accuracy[benign])) if kept is not None and kept.filled
-        else val_acc,
+        final_validation_accuracy=val_acc,
         iterations=len(history),
         virtual_time=clock.time,
         queries=total_queries,
         rejected=int(state.server.rejected),
         reached_target_at=reached,
         kept=kept,
+        picked=final.get("picked_worker"),
     )
 
 

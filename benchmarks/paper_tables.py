@@ -127,7 +127,7 @@ def job_config(task: str, spec: str, seed: int, args, out: Path) -> JobConfig:
     # decoded prompts (the job's defaults fit the embedded model and the tuner's signal instead)
     values = dict(task=task.split(":", 1)[1] if glue else task, method=method, seed=seed, out=str(out),
                   glue_dir=str(args.glue_dir) if glue else None, progress=not args.json, template="paper",
-                  calibrate=False, validation=10, keep_best=False, **variant)
+                  calibrate=False, validation=10, keep_best=False, pick="own", **variant)
     for name in ("iterations", "samples", "test_size"):
         if getattr(args, name) is not None:
             values[name] = getattr(args, name)

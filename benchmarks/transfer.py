@@ -4,9 +4,10 @@
 
 For every finished ``asyndbt run`` folder: rebuild its task split from the stored settings
 (same seed, same test examples), render the prompt it learned (each worker's demonstrations
-with the learned fragment; FedDTPT: its global note), and score it on the test set with the
+with its learned fragment; FedDTPT: its global note), and score it on the test set with the
 run's own model (a check: it must give the stored test accuracy; answers come from the
-response cache) and with ``--model`` (the transfer). The manual prompt on each model is the
+response cache), on that model again without the fragment (what the fragment adds), and
+with ``--model`` (the transfer). The manual prompt on each model is the
 reference. Runs of methods that learn no prompt (manual, random-icl, kate) are skipped.
 Prints one JSON object with a row per run. Never asserts.
 """
@@ -31,13 +32,14 @@ from asyndbt_jax.tasks import paper_split  # noqa: E402
 
 def learned_prompts(result: dict, answers) -> list[tuple[list, list[str]]]:
     """The run's learned prompts as ``(demos [(example, label)], fragment words)``: one per
-    worker (their demonstrations differ), or FedDTPT's single global note."""
-    words = result.get("learned_fragment", "").split()
+    worker (their demonstrations and, with early stopping, their fragments differ), or
+    FedDTPT's single global note."""
     shown = result.get("learned_demonstrations") or [[]]
+    fragments = result.get("learned_fragments") or [result.get("learned_fragment", "")] * len(shown)
     out = []
-    for worker in shown:
+    for worker, fragment in zip(shown, fragments, strict=True):
         demos = [({k: v for k, v in d.items() if k != "label"}, answers.index(d["label"])) for d in worker]
-        out.append((demos, words))
+        out.append((demos, fragment.split()))
     return out
 
 
@@ -88,6 +90,9 @@ def main():
                 scorers[model] = make_scorer(dataclasses.replace(cfg, model=model, base_url=None))
             row[f"accuracy_{name}"] = accuracy(scorers[model], template, prompts, queries, labels, cache)
         row["reproduced"] = abs(row["accuracy_same_model"] - row["stored_test_accuracy"]) < 1e-6
+        if any(words for _, words in prompts):  # what the learned fragment adds on the run's own model
+            row["accuracy_same_model_without_fragment"] = accuracy(
+                scorers[cfg.model], template, [(demos, []) for demos, _ in prompts], queries, labels, cache)
         for name, model in (("same_model", cfg.model), ("other_model", args.model)):
             row[f"manual_{name}"] = accuracy(scorers[model], template, [([], [])], queries, labels, cache)
         rows.append(row)

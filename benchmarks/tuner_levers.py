@@ -13,6 +13,9 @@ model gives, no fragment), so each lever costs seconds, not an LLM run:
 * ``--empty-slot``: candidate 0 of every class is "no demonstration" (the manual prompt is
   then one of the choices, and an untrained selection decodes to it);
 * the final pick: the last decoded prompt or the best one on validation (early stopping);
+  each worker delivers its own, or (``pick: pooled``) every worker scores the R delivered
+  prompts on its own validation batch and all adopt the one with the best pooled accuracy
+  (R² batches of extra queries);
 * the queries of the upper-level estimate: the worker's validation batch (the method) or
   its train and validation batches together;
 * ``--validation N``: a split with N validation examples per class (the paper's 10); each
@@ -126,7 +129,7 @@ def main():
 
     train_and_validation = np.concatenate([train, validation], axis=1)
 
-    def run(method, V, samples, iterations, lr, keep_best, seed, upper="validation", per_worker=None):
+    def run(method, V, samples, iterations, lr, keep_best, seed, upper="validation", per_worker=None, pick="own"):
         feedback = TableFeedback(losses[:V, :V], correct[:V, :V])
         queries = validation if upper == "validation" else train_and_validation
         queries = queries[:, :per_worker]  # each worker's first ``per_worker`` validation examples
@@ -138,7 +141,13 @@ def main():
             **({} if method == "demos-only" else {"use_fragment": False}),
         )
         demos = np.asarray(result.kept.demos if keep_best else decoded_prompts(config, result.state).demos)
-        return float(np.mean([test_acc[a, b] for a, b in demos])), result.queries
+        spent = result.queries
+        if pick == "pooled":  # every worker scores every worker's prompt on its batch; all adopt the best sum
+            seen = queries.reshape(-1)
+            pooled = [correct[a, b, seen].mean() for a, b in demos]
+            spent += len(demos) * seen.size
+            demos = demos[[int(np.argmax(pooled))]]
+        return float(np.mean([test_acc[a, b] for a, b in demos])), spent
 
     pool = args.pool + args.empty_slot
     base = dict(method="asyndbt", V=pool, samples=4, iterations=25, lr=0.05, keep_best=False, upper="validation")
@@ -168,6 +177,10 @@ def main():
             settings.append({**base, "per_worker": per_worker, "keep_best": True})  # early stopping on that batch
     for lever in ({"lr": 0.2}, {"iterations": 15}, {"samples": 8}):  # with early stopping on the whole batch
         settings.append({**base, "keep_best": True, **lever})
+    for per_worker in sorted({paper_size, 2 * paper_size, validation.shape[1]}):  # one prompt for all, picked on
+        if per_worker <= validation.shape[1]:                                   # every worker's batch
+            settings.append({**base, "per_worker": per_worker, "keep_best": True, "pick": "pooled"})
+            settings.append({**base, "per_worker": per_worker, "keep_best": False, "pick": "pooled"})
     unique = list({tuple(sorted(s.items())): s for s in settings}.values())
     rows = []
     started = time.perf_counter()

@@ -34,7 +34,12 @@ def test_quick_run_then_a_free_rerun(tmp_path, capsys):
     assert "  " not in first["learned_fragment"] and first["learned_fragment"] == first["learned_fragment"].strip()
     history = (tmp_path / "run" / "history.jsonl").read_text().splitlines()
     assert len(history) == first["iterations"] == 2
-    assert first["test_accuracy"]["asyndbt"] == json.loads(history[-1])["test_accuracy"]  # the run's own last evaluation
+    # the pooled pick (the default): every worker delivers the prompt best on all their validation examples
+    last = json.loads(history[-1])
+    assert first["pick"] == "pooled" and first["picked_worker"] == last["picked_worker"] in (0, 1, 2)
+    assert all(d == first["learned_demonstrations"][0] for d in first["learned_demonstrations"])
+    assert len(set(first["learned_fragments"])) == 1
+    assert first["test_accuracy"]["asyndbt"] == last["picked_test_accuracy"]  # the run's own last evaluation
     assert json.loads((tmp_path / "run" / "result.json").read_text())["test_accuracy"] == first["test_accuracy"]
     assert first["machine"]["cpu_count"] >= 1 and first["machine"]["device"]  # what measured it
 
@@ -247,9 +252,9 @@ def test_nearest_demos_picks_the_most_similar_candidate_per_class():
 @pytest.mark.slow
 def test_a_budget_stops_tuning_before_it_is_overrun(tmp_path, capsys):
     args = ["run", "--json", *TINY, "--iterations", "7", "--out", str(tmp_path / "b"), "--cache", str(tmp_path / "r.sqlite")]
-    assert main([*args, "--budget", "200"]) == 0
+    assert main([*args, "--budget", "300"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["stopped_by_budget"] and 1 <= out["iterations"] < 7 and out["llm_prompts"] <= 200
+    assert out["stopped_by_budget"] and 1 <= out["iterations"] < 7 and out["llm_prompts"] <= 300
     history = [json.loads(line) for line in (tmp_path / "b" / "history.jsonl").read_text().splitlines()]
     assert history[-1]["stopped"] and "test_accuracy" in history[-1] and len(history) == out["iterations"]
 
@@ -311,11 +316,14 @@ def test_runs_written_before_the_validation_setting_read_as_the_papers_split_and
 
     from asyndbt_jax.job import DEFAULTS, JobConfig, differences, upgrade_config
 
-    old = {k: v for k, v in DEFAULTS.items() if k not in ("validation", "keep_best")}
+    old = {k: v for k, v in DEFAULTS.items() if k not in ("validation", "keep_best", "pick")}
     assert upgrade_config(old)["validation"] == 10 and upgrade_config(old)["keep_best"] is False
     now = dataclasses.asdict(JobConfig())
-    assert differences(old, now) == ["keep_best=False (now True)", "validation=10 (now 20)"]
-    assert differences(old, dataclasses.asdict(JobConfig(validation=10, keep_best=False))) == []
+    assert differences(old, now) == ["keep_best=False (now True)", "pick='own' (now 'pooled')", "validation=10 (now 20)"]
+    assert differences(old, dataclasses.asdict(JobConfig(validation=10, keep_best=False, pick="own"))) == []
+    # written with early stopping but before the pooled pick: each worker delivered its own prompt
+    kept = {k: v for k, v in DEFAULTS.items() if k != "pick"}
+    assert differences(kept, now) == ["pick='own' (now 'pooled')"]
 
 
 def test_the_validation_size_and_early_stopping_are_flags(tmp_path):
@@ -323,4 +331,7 @@ def test_the_validation_size_and_early_stopping_are_flags(tmp_path):
         main(["run", "--json", "--validation", "0", "--out", str(tmp_path / "a")])
     with pytest.raises(SystemExit, match=r"the split needs 10060 \(train 10 \+ validation 10000 \+ candidates 50\)"):
         main(["run", "--json", "--validation", "10000", "--out", str(tmp_path / "b")])
+    with pytest.raises(SystemExit, match=r"invalid choice: 'vote'"):
+        main(["run", "--json", "--pick", "vote", "--out", str(tmp_path / "c")])
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before the run folder
+    assert not (tmp_path / "c").exists()

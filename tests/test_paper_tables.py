@@ -19,7 +19,7 @@ def fake_run(runs, method, seed, acc, machine=None, extra=None, **config):
     # the grid runs the paper's setting (its template, raw scores, its validation size, the last prompts)
     cfg = dataclasses.asdict(JobConfig(task="mr", method=method, seed=seed, out=str(out),
                                        **{"template": "paper", "calibrate": False, "validation": 10,
-                                          "keep_best": False, **config}))
+                                          "keep_best": False, "pick": "own", **config}))
     result = {"task": "mr", "model": "gemma3-270m", "method": method, "seed": seed, "config": cfg,
               "test_accuracy": {"manual": 0.5, "random-icl": 0.55, method: acc}, "llm_prompts": 400 + seed,
               "wall_seconds": 10.0, **({"machine": machine} if machine else {}), **(extra or {})}
@@ -70,7 +70,7 @@ def test_committed_glue_runs_count_wherever_the_glue_files_lie(tmp_path):
     out_dir.mkdir(parents=True)
     cfg = dataclasses.asdict(JobConfig(task="sst2", method="manual", seed=0, out=str(out_dir),
                                        glue_dir="/somewhere/else/glue", template="paper", calibrate=False,
-                                       validation=10, keep_best=False))
+                                       validation=10, keep_best=False, pick="own"))
     (out_dir / "result.json").write_text(json.dumps({
         "task": "sst2", "method": "manual", "seed": 0, "config": cfg, "test_accuracy": {"manual": 0.5},
         "llm_prompts": 400, "wall_seconds": 1.0}))

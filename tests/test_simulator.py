@@ -201,3 +201,38 @@ def test_keep_best_delivers_each_workers_best_validation_prompt_and_resumes_exac
     for name in ("fragment_words", "demos", "accuracy", "loss", "iteration"):
         np.testing.assert_array_equal(getattr(resumed.kept, name), getattr(kept, name))
     assert resumed.history == whole.history
+
+
+def test_pooled_pick_gives_every_worker_the_prompt_best_on_all_validation_batches(task):
+    """Federated model selection: each worker's kept prompt is scored on every worker's
+    validation batch (a NumPy loop here); every worker then delivers the one with the best
+    pooled accuracy, the test accuracy is that prompt's, and the R² B queries are counted."""
+    import jax.numpy as jnp
+
+    from asyndbt_jax.engine import evaluate_prompts, pooled_scores
+    from asyndbt_jax.oracle import oracle_feedback
+
+    fb = lambda c, q, active=None: oracle_feedback(task.oracle, c, q)  # noqa: E731
+    own = run(task, iterations=14, eval_every=1, keep_best=True)
+    pooled = run(task, iterations=14, eval_every=1, keep_best=True, pick="pooled")
+    prompts = own.kept.prompts()
+    B = jax.tree.leaves(task.validation)[0].shape[1]
+    reference = np.zeros(R)
+    for k in range(R):  # prompt k on worker w's batch
+        one = jax.tree.map(lambda x: jnp.broadcast_to(x[k], x.shape), prompts)
+        reference[k] = np.mean(np.asarray(evaluate_prompts(fb, one, task.validation)[0]))
+    scores, _ = pooled_scores(fb, prompts, task.validation, np.ones(R, bool))
+    np.testing.assert_allclose(np.asarray(scores), reference, atol=1e-6)
+    best = pooled.picked
+    assert reference[best] == reference.max()
+    assert pooled.history[-1]["picked_worker"] == best
+    assert pooled.final_validation_accuracy == pytest.approx(reference.max(), abs=1e-6)
+    delivered = pooled.delivered_prompts(None)
+    assert (np.asarray(delivered.demos) == np.asarray(prompts.demos[best])).all()
+    test = float(evaluate_prompts(fb, jax.tree.map(lambda x: x[best : best + 1], prompts), task.test)[0][0])
+    assert pooled.final_test_accuracy == pytest.approx(test, abs=1e-6)
+    assert pooled.queries == own.queries + R * R * B
+    # the pick is never worse on the pooled batches than the average worker's own prompt
+    assert reference.max() >= reference.mean()
+    with pytest.raises(ValueError, match="pick must be one of"):
+        run(task, pick="vote")
