@@ -27,6 +27,7 @@ from _common import machine  # noqa: E402
 
 from asyndbt_jax.job import JobConfig, load_task, make_scorer, upgrade_config  # noqa: E402
 from asyndbt_jax.llm import ResponseCache, cache_root  # noqa: E402
+from asyndbt_jax.llm.adapter import CONTENT_FREE, calibrate  # noqa: E402
 from asyndbt_jax.tasks import paper_split  # noqa: E402
 
 
@@ -43,12 +44,15 @@ def learned_prompts(result: dict, answers) -> list[tuple[list, list[str]]]:
     return out
 
 
-def accuracy(scorer, template, prompts, queries, labels, cache) -> float:
-    """Mean over ``prompts`` of the test accuracy of each."""
+def accuracy(scorer, template, prompts, queries, labels, cache, calibrated: bool) -> float:
+    """Mean over ``prompts`` of the test accuracy of each, scored as the run scored (with
+    contextual calibration where the run used it)."""
+    extra = [{slot: text for slot in template.slots} for text in CONTENT_FREE] if calibrated else []
     scores = []
     for demos, words in prompts:
-        prefix, texts = template.render(demos, words, queries)
+        prefix, texts = template.render(demos, words, queries + extra)
         logp = scorer.score(prefix, texts, template.label_words, cache=cache)
+        logp = calibrate(logp[:len(queries)], logp[len(queries):]) if extra else logp
         scores.append(float(np.mean(np.argmax(logp, -1) == labels)))
     return float(np.mean(scores))
 
@@ -88,13 +92,13 @@ def main():
             if model not in scorers:
                 print(f"loading {model} ...", file=sys.stderr)
                 scorers[model] = make_scorer(dataclasses.replace(cfg, model=model, base_url=None))
-            row[f"accuracy_{name}"] = accuracy(scorers[model], template, prompts, queries, labels, cache)
+            row[f"accuracy_{name}"] = accuracy(scorers[model], template, prompts, queries, labels, cache, cfg.calibrate)
         row["reproduced"] = abs(row["accuracy_same_model"] - row["stored_test_accuracy"]) < 1e-6
         if any(words for _, words in prompts):  # what the learned fragment adds on the run's own model
             row["accuracy_same_model_without_fragment"] = accuracy(
-                scorers[cfg.model], template, [(demos, []) for demos, _ in prompts], queries, labels, cache)
+                scorers[cfg.model], template, [(demos, []) for demos, _ in prompts], queries, labels, cache, cfg.calibrate)
         for name, model in (("same_model", cfg.model), ("other_model", args.model)):
-            row[f"manual_{name}"] = accuracy(scorers[model], template, [([], [])], queries, labels, cache)
+            row[f"manual_{name}"] = accuracy(scorers[model], template, [([], [])], queries, labels, cache, cfg.calibrate)
         rows.append(row)
         print(json.dumps(row), file=sys.stderr)
     text = json.dumps({"benchmark": "transfer", **machine(), "rows": rows}, indent=2)
