@@ -849,13 +849,13 @@ def evaluate(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineState,
 
 
 def pooled_scores(feedback_fn: FeedbackFn, prompts: Configuration, queries, voters) -> tuple[jax.Array, jax.Array]:
-    """Federated model selection: every voting worker scores each of ``K`` prompts
-    (``fragment_words [K, M]``, ``demos [K, U]``) on its own batch (``queries`` leaves
-    ``[R, B]``), and the server pools the counts. Returns accuracy and mean loss ``[K]`` of
+    """Federated model selection: every voting worker scores each of the ``R`` prompts
+    (``fragment_words [R, M]``, ``demos [R, U]``) on its own batch (``queries`` leaves
+    ``[R, B]``), and the server pools the counts. Returns accuracy and mean loss ``[R]`` of
     each prompt over the voters' ``R_v · B`` queries (``voters``: bool ``[R]``). One feedback
-    call, ``K`` prompts per worker: ``R K B`` queries in all."""
-    R = jax.tree.leaves(queries)[0].shape[0]
-    every = jax.tree.map(lambda x: jnp.broadcast_to(x[None], (R,) + x.shape), prompts)  # [R workers, K prompts, ...]
+    call, ``R`` prompts per worker: ``R² B`` queries in all."""
+    R = prompts.demos.shape[0]
+    every = jax.tree.map(lambda x: jnp.broadcast_to(x[None], (R,) + x.shape), prompts)  # [R workers, R prompts, ...]
     answers = feedback_fn(every, queries)
     weight = jnp.asarray(voters, jnp.float32)[:, None, None] / (jnp.sum(voters) * answers.correct.shape[-1])
     return jnp.sum(answers.correct * weight, axis=(0, 2)), jnp.sum(answers.losses * weight, axis=(0, 2))

@@ -361,8 +361,8 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
     upper = validation.shape[1] + (train.shape[1] if cfg.method == "joint" else 0)  # joint: train and validation
     one_iteration = cfg.workers * (cfg.samples + 1) * (upper + cf)
     evaluation = cfg.workers * (upper + T + 2 * cf)  # the test evaluation; validation's is in every step
-    if cfg.pick == "pooled":  # every worker scores every delivered prompt with and without its fragment, then
-        evaluation += 2 * cfg.workers ** 2 * (validation.shape[1] + cf) + T + cf  # the picked one meets the test
+    if cfg.pick == "pooled":  # every worker scores every delivered prompt, then the picked one meets the test
+        evaluation += cfg.workers ** 2 * (validation.shape[1] + cf) + T + cf
     if cfg.method == "feddtpt":  # no mid-run stop: the whole plan must fit
         one_iteration = (cfg.workers * (cfg.samples + 1) * (train.shape[1] + len(split.validation) + cf)
                          + len(split.validation) + cf)
@@ -439,8 +439,7 @@ def run_job(cfg: JobConfig, *, resume: bool = False, scorer=None) -> dict:
         summary.update({
             "kept_best": cfg.keep_best,
             "pick": cfg.pick,
-            **({"picked_worker": result.picked, "picked_fragment": result.picked_fragment}
-               if result.picked is not None else {}),
+            **({"picked_worker": result.picked} if result.picked is not None else {}),
             "active": config.num_active,
             "staleness": cfg.staleness,
             "delay": cfg.delay,
@@ -579,10 +578,8 @@ def table(summary: dict) -> str:
     tuned = "learned_demonstrations" in summary
     scoring = f"template {summary['template']}, {'calibrated' if summary['calibrated'] else 'raw'} scores"
     picked = summary.get("picked_worker")
-    how = (f" ({summary['method']}: the prompt every worker adopts, worker {picked}'s"
-           + ("" if summary.get("picked_fragment", True) else " without its fragment")
-           + ", best on all their validation examples)" if picked is not None
-           else f" ({summary['method']}: mean over the workers' prompts)")
+    how = (f" ({summary['method']}: the prompt every worker adopts, worker {picked}'s, best on all their validation "
+           "examples)" if picked is not None else f" ({summary['method']}: mean over the workers' prompts)")
     lines = [f"{summary['task']} on {summary['model']} ({scoring}): test accuracy over {summary['test_examples']} examples"
              + (how if tuned else ""), ""]
     lines += [f"  {name:<{width}}  {value * 100:6.2f} %   {summary['llm_prompts_by_method'][name]:>7} prompts"

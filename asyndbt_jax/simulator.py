@@ -171,7 +171,6 @@ class SimulationResult:
     reached_target_at: float | None
     kept: KeptPrompts | None = None  # keep_best: each worker's best prompt on its validation batch
     picked: int | None = None  # pick="pooled": the worker whose prompt every worker adopts
-    picked_fragment: bool = True  # ... with its fragment, or without it
 
     def delivered_prompts(self, config: AsynDBTConfig) -> Configuration:
         """The prompts this run delivers, one per worker: the kept ones under early stopping,
@@ -179,10 +178,7 @@ class SimulationResult:
         prompts = self.kept.prompts() if self.kept is not None and self.kept.filled else _DECODE(config, self.state)
         if self.picked is None:
             return prompts
-        words, demos = prompts.fragment_words[self.picked], prompts.demos[self.picked]
-        if not self.picked_fragment:
-            words = jnp.full_like(words, -1)
-        return Configuration(jnp.broadcast_to(words, prompts.fragment_words.shape), jnp.broadcast_to(demos, prompts.demos.shape))
+        return jax.tree.map(lambda x: jnp.broadcast_to(x[self.picked], x.shape), prompts)
 
 
 def choose_arrivals(arrival: np.ndarray, staleness: np.ndarray, offline: np.ndarray, num_active: int, max_staleness: int):
@@ -325,30 +321,6 @@ def refresh_schedule(config: AsynDBTConfig, iterations: int) -> np.ndarray:
     return every & bool(config.bilevel and config.use_fragment)
 
 
-def _pooled_pick(config: AsynDBTConfig, feedback_fn, held: Configuration, validation, test_queries, benign,
-                 evaluate_jit) -> dict:
-    """The pooled pick of :func:`simulate`: the benign workers' delivered prompts, each with
-    and (when the method tunes a fragment) without its fragment, scored by every benign
-    worker on its validation batch; the best pooled accuracy wins (ties: the lower pooled
-    loss, then the earlier candidate: lower worker id, with its fragment first)."""
-    R = len(benign)
-    candidates, owner = held, np.arange(R)
-    with_fragment = np.ones(R, bool)
-    if config.use_fragment:
-        bare = Configuration(jnp.full_like(held.fragment_words, -1), held.demos)
-        candidates = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), held, bare)
-        owner, with_fragment = np.tile(owner, 2), np.repeat([True, False], R)
-    pooled, loss = (np.asarray(x, np.float64) for x in _POOLED(feedback_fn, candidates, validation, benign))
-    eligible = np.flatnonzero(benign[owner])
-    best = int(eligible[np.lexsort((eligible, loss[eligible], -pooled[eligible]))[0]])
-    one = jax.tree.map(lambda x: x[best : best + 1], candidates)
-    B = int(jax.tree.leaves(validation)[0].shape[1])
-    return {"picked_worker": int(owner[best]), "picked_fragment": bool(with_fragment[best]),
-            "pooled_validation_accuracy": float(pooled[best]),
-            "picked_test_accuracy": float(np.asarray(evaluate_jit(feedback_fn, one, test_queries)[0])[0]),
-            "pick_queries": R * len(owner) * B}
-
-
 def simulate(
     config: AsynDBTConfig,
     feedback_fn,
@@ -412,13 +384,12 @@ def simulate(
       pick: what each worker delivers at the end. ``"own"``: its own prompt (the kept one
         under ``keep_best``, else its last decoded one); the test accuracy is the mean over
         the benign workers' prompts. ``"pooled"``: federated model selection (:func:`pooled_scores`):
-        at the last iteration every benign worker scores the benign workers' prompts, each
-        with and (when the method tunes a fragment) without its fragment, on its own
-        validation batch (``2 R² B`` more queries), and every worker adopts the one with the
-        best pooled accuracy (ties: the lower pooled loss, then the lower worker id, with the
-        fragment first). The last history record adds ``picked_worker``, ``picked_fragment``,
-        ``pooled_validation_accuracy`` and ``picked_test_accuracy``; the result's test
-        accuracy is the picked prompt's and its validation accuracy the pooled one.
+        at the last iteration every benign worker scores the benign workers' prompts on its
+        own validation batch (``R² B`` more queries), and every worker adopts the one with the
+        best pooled accuracy (ties: the lower pooled loss, then the lower worker id). The last
+        history record adds ``picked_worker``, ``pooled_validation_accuracy`` and
+        ``picked_test_accuracy``; the result's test accuracy is the picked prompt's and its
+        validation accuracy the pooled one.
 
     Returns:
       ``SimulationResult`` with the final state, per-iteration history and totals.
@@ -511,9 +482,14 @@ def simulate(
                 record["test_accuracy"] = test_acc
             if last and pick == "pooled":
                 held = kept.prompts() if kept is not None and kept.filled else current
-                record.update(_pooled_pick(config, feedback_fn, held, data.validation, test_queries, benign, evaluate_jit))
-                test_acc = record["picked_test_accuracy"]
-                total_queries += record.pop("pick_queries")
+                pooled, pooled_loss = (np.asarray(x, np.float64) for x in _POOLED(feedback_fn, held, data.validation, benign))
+                candidates = np.flatnonzero(benign)  # ties: the lower pooled loss, then the lower worker id
+                best = int(candidates[np.lexsort((candidates, pooled_loss[candidates], -pooled[candidates]))[0]])
+                one = jax.tree.map(lambda x: x[best : best + 1], held)
+                test_acc = float(np.asarray(evaluate_jit(feedback_fn, one, test_queries)[0])[0])
+                total_queries += len(benign) ** 2 * int(jax.tree.leaves(data.validation)[0].shape[1])
+                record.update(picked_worker=best, pooled_validation_accuracy=float(pooled[best]),
+                              picked_test_accuracy=test_acc)
             history.append(record)
             if sink:
                 sink.write(json.dumps(record) + "\n")
@@ -552,7 +528,6 @@ def simulate(
         reached_target_at=reached,
         kept=kept,
         picked=final.get("picked_worker"),
-        picked_fragment=final.get("picked_fragment", True),
     )
 
 
