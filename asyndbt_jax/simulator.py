@@ -480,8 +480,7 @@ def simulate(
                 held = kept.prompts() if kept is not None and kept.filled else current
                 test_acc = float(np.mean(np.asarray(evaluate_jit(feedback_fn, held, test_queries)[0])[benign]))
                 record["test_accuracy"] = test_acc
-            if last and pick == "pooled":
-                held = kept.prompts() if kept is not None and kept.filled else current
+            if last and pick == "pooled":  # ``held``: the delivered prompts, just tested above
                 pooled, pooled_loss = (np.asarray(x, np.float64) for x in _POOLED(feedback_fn, held, data.validation, benign))
                 candidates = np.flatnonzero(benign)  # ties: the lower pooled loss, then the lower worker id
                 best = int(candidates[np.lexsort((candidates, pooled_loss[candidates], -pooled[candidates]))[0]])
