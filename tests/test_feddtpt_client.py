@@ -12,6 +12,7 @@ import pytest
 from asyndbt_jax.feddtpt import (
     ClientConfig,
     OpenAIProposer,
+    answer_tokens,
     build_instruction,
     client_round,
     parse_candidates,
@@ -36,11 +37,12 @@ class ScriptedProposer:
 
     def __init__(self, *answers):
         self.answers = list(answers)
-        self.instructions, self.seeds = [], []
+        self.instructions, self.seeds, self.max_tokens = [], [], []
 
-    def __call__(self, instruction, *, seed):
+    def __call__(self, instruction, *, seed, max_tokens):
         self.instructions.append(instruction)
         self.seeds.append(seed)
+        self.max_tokens.append(max_tokens)
         answer = self.answers[min(len(self.seeds) - 1, len(self.answers) - 1)]
         if isinstance(answer, Exception):
             raise answer
@@ -58,7 +60,7 @@ class PlantingProposer:
     def __init__(self):
         self.instructions = []
 
-    def __call__(self, instruction, *, seed):
+    def __call__(self, instruction, *, seed, max_tokens):
         self.instructions.append(instruction)
         note = current_note(instruction)
         lines = ["Here are some notes:"] + [f'{k + 1}. "{" ".join(note + (w,))}"' for k, w in
@@ -176,6 +178,8 @@ def test_partial_answers_ask_again_for_the_missing_candidates_only():
     proposer = ScriptedProposer("1. one\n2. one", "1. two\n2. three\n3. four")
     out = client_round(ClientConfig(num_candidates=3), (), (), planted_accuracy, proposer=proposer)
     assert "Write 3 new notes" in proposer.instructions[0] and "Write 2 new notes" in proposer.instructions[1]
+    # each call's answer is capped at what it asks for: two tokens a word, four more a note
+    assert proposer.max_tokens == [answer_tokens(3, 10), answer_tokens(2, 10)] == [72, 48]
     assert out.candidates == ((), ("one",), ("two",), ("three",)) and out.skipped == 0
 
 
@@ -246,7 +250,7 @@ def test_openai_proposer_sends_the_instruction_and_seed():
     finally:
         server.shutdown()
     path, body = _ChatStub.requests[-1]
-    assert path.endswith("/chat/completions") and body["seed"] == 5 and body["model"] == "tiny"
+    assert path.endswith("/chat/completions") and body["seed"] == 5 and body["model"] == "tiny" and body["max_tokens"] == 24
     assert '"x" accuracy 50%' in body["messages"][0]["content"]
     assert out.candidates[1] == ("answer", "for", "seed", "5")
     assert (proposer.calls, proposer.prompt_tokens, proposer.completion_tokens) == (1, 7, 5)

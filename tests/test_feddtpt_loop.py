@@ -66,7 +66,7 @@ def current_note(instruction):
     return () if "(empty)" in line else words_of(line.split(":", 1)[1])
 
 
-def planting_proposer(instruction, *, seed):
+def planting_proposer(instruction, *, seed, max_tokens=96):
     """Proposes the current note plus each planted word it lacks, among some garbage."""
     note = current_note(instruction)
     lines = [f"{k + 1}. {' '.join(note + (w,))}" for k, w in enumerate(p for p in PLANTED if p not in note)]
@@ -166,9 +166,9 @@ def test_random_client_under_every_server_method(method):
 def test_no_feedback_client_gets_no_history():
     seen = []
 
-    def proposer(instruction, *, seed):
+    def proposer(instruction, *, seed, max_tokens):
         seen.append(instruction)
-        return planting_proposer(instruction, seed=seed)
+        return planting_proposer(instruction, seed=seed, max_tokens=max_tokens)
 
     run(client=ClientConfig(kind="no-feedback", num_candidates=3), proposer=proposer, rounds=2)
     assert seen and not any("Earlier notes" in s for s in seen)
@@ -181,7 +181,7 @@ def test_no_feedback_client_gets_no_history():
 
 
 def test_proposer_garbage_keeps_the_prompt_and_is_counted():
-    def garbage(instruction, *, seed):
+    def garbage(instruction, *, seed, max_tokens):
         if seed % 3 == 0:
             raise ConnectionError("endpoint down")
         return "As an AI language model, I cannot:" if seed % 2 else ""
@@ -290,7 +290,7 @@ def _real_run():
                       np.array([[1, 3], [0, 2]]), ("moving", "boring", "tone", "plot"))
     result = run_feddtpt(task, LocalScorer(loaded), [[0, 1], [2, 3]], [4, 5], [6, 7, 8, 9, 10, 11], rounds=1,
                          client=ClientConfig(num_candidates=2, max_length=6, max_retries=1),
-                         proposer=LocalProposer(loaded, max_new_tokens=40), embedder=llm_input_embedder(loaded),
+                         proposer=LocalProposer(loaded), embedder=llm_input_embedder(loaded),
                          seed=0)
     seconds = time.perf_counter() - started
     assert 0.0 <= result.test_accuracy <= 1.0 and 1 <= len(result.prompt) <= 6

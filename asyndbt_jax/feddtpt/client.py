@@ -30,7 +30,8 @@ failure (or a proposer error): it is counted and retried with the next seed, up 
 ``max_retries`` times; candidates still missing then are counted as ``skipped``. A round
 never raises because of what the proposer said.
 
-Proposers are callables ``proposer(instruction: str, *, seed: int) -> str``:
+Proposers are callables ``proposer(instruction: str, *, seed: int, max_tokens: int) -> str``
+(``max_tokens``: the answer's length cap, what the request needs: :func:`answer_tokens`):
 :class:`LocalProposer` (a local causal LM through transformers ``generate``: seeded sampling,
 or greedy with ``temperature=0``) and :class:`OpenAIProposer` (any OpenAI-compatible chat or
 completions endpoint). Everything a round draws comes from its ``seed``: rounds are
@@ -120,7 +121,15 @@ class ClientRound(NamedTuple):
 class Proposer(Protocol):
     """Anything that answers an instruction with text, reproducibly for a given seed."""
 
-    def __call__(self, instruction: str, *, seed: int) -> str: ...
+    def __call__(self, instruction: str, *, seed: int, max_tokens: int) -> str: ...
+
+
+def answer_tokens(num_candidates: int, max_length: int) -> int:
+    """The tokens an answer of ``num_candidates`` notes of at most ``max_length`` words needs:
+    about two tokens a word plus four for the numbering, quotes and the line break of each note
+    (4 notes of 10 words: 96). A small local model rarely stops by itself, so this cap is most
+    of what a proposer call costs."""
+    return int(num_candidates) * (2 * int(max_length) + 4)
 
 
 # ----------------------------------------------------------------------------- text helpers
@@ -281,7 +290,8 @@ def client_round(config: ClientConfig, prompt: Sequence[str], history: History,
                                             history_size=config.history_size)
             calls += 1
             try:
-                answer = proposer(instruction, seed=int(seed) + attempt)
+                answer = proposer(instruction, seed=int(seed) + attempt,
+                                  max_tokens=answer_tokens(missing, config.max_length))
             except Exception as err:  # noqa: BLE001 - a failing proposer must not end the run
                 errors += 1
                 log.warning("proposer call failed (%s: %s); retrying", type(err).__name__, err)
@@ -316,20 +326,17 @@ class LocalProposer:
     Args:
         model: a :class:`~asyndbt_jax.llm.models.LoadedModel` (e.g. the scorer's ``loaded``,
             to share one model) or a name :func:`~asyndbt_jax.llm.models.load_causal_lm` accepts.
-        max_new_tokens: answer length cap.
-        temperature, top_p: sampling settings.
+        temperature, top_p: sampling settings (the answer's length cap comes with each call).
 
     Attributes:
         calls, generated_tokens: counters.
     """
 
-    def __init__(self, model="smollm2-135m", *, max_new_tokens: int = 96, temperature: float = 0.8,
-                 top_p: float = 0.95):
+    def __init__(self, model="smollm2-135m", *, temperature: float = 0.8, top_p: float = 0.95):
         from ..llm.models import LoadedModel, load_causal_lm
 
         self.loaded = model if isinstance(model, LoadedModel) else load_causal_lm(model)
         self.name = self.loaded.name
-        self.max_new_tokens = int(max_new_tokens)
         self.temperature = float(temperature)
         self.top_p = float(top_p)
         self.calls = 0
@@ -343,7 +350,7 @@ class LocalProposer:
             return tok(text, return_tensors="pt", add_special_tokens=False)
         return tok(instruction + "\n", return_tensors="pt")
 
-    def __call__(self, instruction: str, *, seed: int) -> str:
+    def __call__(self, instruction: str, *, seed: int, max_tokens: int) -> str:
         import torch
 
         tok, model = self.loaded.tokenizer, self.loaded.model
@@ -354,7 +361,7 @@ class LocalProposer:
             settings = {"do_sample": True, "temperature": self.temperature, "top_p": self.top_p}
         with torch.random.fork_rng(devices=[]), torch.inference_mode():
             torch.manual_seed(int(seed) % 2**63)
-            out = model.generate(**inputs, max_new_tokens=self.max_new_tokens, pad_token_id=pad, **settings)
+            out = model.generate(**inputs, max_new_tokens=int(max_tokens), pad_token_id=pad, **settings)
         new = out[0, inputs["input_ids"].shape[1]:]
         self.calls += 1
         self.generated_tokens += int(new.shape[0])
@@ -369,7 +376,8 @@ class OpenAIProposer:
         base_url: the endpoint; default ``$OPENAI_BASE_URL``, else OpenAI.
         api_key_env: the environment variable holding the key (``"EMPTY"`` when unset).
         api: ``"chat"`` (the instruction as one user message) or ``"completions"``.
-        max_tokens, temperature: generation settings; the call's ``seed`` is sent along.
+        temperature: the sampling temperature; each call sends its ``seed`` and its answer's
+            length cap (``max_tokens``) along.
         timeout, max_retries: per request (the client's own retries with backoff).
 
     Attributes:
@@ -377,7 +385,7 @@ class OpenAIProposer:
     """
 
     def __init__(self, model: str, *, base_url: str | None = None, api_key_env: str = "OPENAI_API_KEY",
-                 api: str = "chat", max_tokens: int = 128, temperature: float = 0.8, timeout: float = 60.0,
+                 api: str = "chat", temperature: float = 0.8, timeout: float = 60.0,
                  max_retries: int = 3):
         import openai
 
@@ -386,13 +394,13 @@ class OpenAIProposer:
         self.model, self.api = model, api
         self.base_url = base_url or os.environ.get("OPENAI_BASE_URL") or "https://api.openai.com/v1"
         self.name = f"{model}@{self.base_url}"
-        self.max_tokens, self.temperature = int(max_tokens), float(temperature)
+        self.temperature = float(temperature)
         self.client = openai.OpenAI(base_url=self.base_url, api_key=os.environ.get(api_key_env) or "EMPTY",
                                     timeout=timeout, max_retries=max_retries)
         self.calls = self.prompt_tokens = self.completion_tokens = 0
 
-    def __call__(self, instruction: str, *, seed: int) -> str:
-        settings = {"model": self.model, "max_tokens": self.max_tokens, "temperature": self.temperature,
+    def __call__(self, instruction: str, *, seed: int, max_tokens: int) -> str:
+        settings = {"model": self.model, "max_tokens": int(max_tokens), "temperature": self.temperature,
                     "seed": int(seed) % 2**31}
         if self.api == "chat":
             r = self.client.chat.completions.create(messages=[{"role": "user", "content": instruction}], **settings)
