@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .attacks import ATTACKS
 from .engine import AGGREGATORS, ENGINE_PRE_AGGREGATIONS, GAPS
+from .simulator import PICKS
 
 
 def _info(_args) -> int:
@@ -250,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--keep-best", action=argparse.BooleanOptionalAction, default=None,
                      help="deliver each worker's best decoded prompt on its own validation examples (early stopping; "
                           "default on; simulated runtime)")
-    run.add_argument("--pick", choices=("own", "pooled"),
+    run.add_argument("--pick", choices=PICKS,
                      help="what the workers deliver at the end: 'pooled' (default): every worker scores the workers' "
                           "delivered prompts on its own validation examples and all adopt the best; 'own': each its "
                           "own prompt (the paper; the tuned accuracy is then the mean over the workers' prompts)")

@@ -103,8 +103,10 @@ class JobConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.cut_tolerance is not None and not (math.isfinite(self.cut_tolerance) and self.cut_tolerance > 0):
             raise ValueError(f"cut_tolerance must be a finite positive number, got {self.cut_tolerance!r}")
-        if self.pick not in ("own", "pooled"):
-            raise ValueError(f"pick must be 'own' or 'pooled', got {self.pick!r}")
+        from .simulator import PICKS
+
+        if self.pick not in PICKS:
+            raise ValueError(f"pick must be one of {PICKS}, got {self.pick!r}")
         if self.demos_per_class > self.candidates:
             raise ValueError(f"demos_per_class ({self.demos_per_class}) cannot exceed candidates ({self.candidates})")
         if self.samples < 2 and self.method != "feddtpt":  # FedDTPT's clients may propose one candidate

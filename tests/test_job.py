@@ -327,12 +327,16 @@ def test_runs_written_before_the_validation_setting_read_as_the_papers_split_and
 
 
 def test_the_validation_size_and_early_stopping_are_flags(tmp_path, capsys):
+    from asyndbt_jax.job import JobConfig
+
     with pytest.raises(SystemExit, match=r"validation must be >= 1, got 0"):
         main(["run", "--json", "--validation", "0", "--out", str(tmp_path / "a")])
     with pytest.raises(SystemExit, match=r"the split needs 10060 \(train 10 \+ validation 10000 \+ candidates 50\)"):
         main(["run", "--json", "--validation", "10000", "--out", str(tmp_path / "b")])
     with pytest.raises(SystemExit):
         main(["run", "--json", "--pick", "vote", "--out", str(tmp_path / "c")])
+    with pytest.raises(ValueError, match=r"pick must be one of \('own', 'pooled'\), got 'vote'"):
+        JobConfig(pick="vote")  # a config file's value meets the same check as the flag
     assert "argument --pick: invalid choice: 'vote'" in capsys.readouterr().err
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before the run folder
     assert not (tmp_path / "c").exists()
