@@ -138,15 +138,28 @@ def demo_terms(demo_coef, demo_probs) -> jax.Array:
     return jnp.stack([jnp.sum(e * demo_probs, axis=(-2, -1)) for e in demo_coef], axis=-1)
 
 
-def cut_values(cuts: CutBuffer, fragment_probs, consensus, demo_terms=None, combine=_sum_workers) -> jax.Array:
+def worker_terms(cuts: CutBuffer, fragment_probs) -> jax.Array:
+    """``a_l^(v)ᵀ p^(v)`` of every worker, row and cut: ``[R, H, C]`` (a cut over several
+    fragment rows sums them). A worker's terms change only when its ``p`` or a cut's
+    coefficients do, so a server that keeps them for every worker's latest ``p`` updates the
+    arrived workers' rows only, and the λ step reads ``R · H · C`` scalars instead of the
+    ``C`` coefficient arrays ``[R, M, N]`` (``fragment_probs`` and the buffer may hold any
+    subset of the workers, e.g. :func:`~asyndbt_jax.engine.gather_cuts`)."""
+    H = cuts.num_rows
+    return jnp.stack([_to_rows(jnp.sum(a * fragment_probs, axis=-1), H) for a in cuts.worker_coef], axis=-1)
+
+
+def cut_values(cuts: CutBuffer, fragment_probs, consensus, demo_terms=None, combine=_sum_workers,
+               terms=None) -> jax.Array:
     """``Σ_v (a_l^(v)ᵀ p^(v) + e_l^(v)ᵀ q^(v)) + b_lᵀ z + c_l`` for every row and cut, 0 where
     inactive: ``[H, C]`` (``combine`` sums the per-worker terms ``[R, H, C]``; see :func:`gap`).
-    ``demo_terms``: every worker's ``e_l^(v)ᵀ q^(v)`` ``[R, C]`` (:func:`demo_terms`; ``None``: none)."""
-    H = cuts.num_rows
-    terms = jnp.stack([_to_rows(jnp.sum(a * fragment_probs, axis=-1), H) for a in cuts.worker_coef], axis=-1)
+    ``demo_terms``: every worker's ``e_l^(v)ᵀ q^(v)`` ``[R, C]`` (:func:`demo_terms`; ``None``: none).
+    ``terms``: :func:`worker_terms` of ``fragment_probs`` where the caller keeps them
+    (``fragment_probs`` is then not read)."""
+    terms = worker_terms(cuts, fragment_probs) if terms is None else terms
     if demo_terms is not None:
         terms = terms + demo_terms[:, None, :]
-    consensus_part = _to_rows(jnp.sum(cuts.consensus_coef * consensus[:, None, :], axis=-1).T, H).T
+    consensus_part = _to_rows(jnp.sum(cuts.consensus_coef * consensus[:, None, :], axis=-1).T, cuts.num_rows).T
     return jnp.where(cuts.active, combine(terms) + consensus_part + cuts.offset, 0.0)
 
 
@@ -247,10 +260,12 @@ def cut_force(cuts: CutBuffer) -> CutForce:
 
 
 def dual_ascent(
-    cuts: CutBuffer, fragment_probs, consensus, eta_lambda: float, c1: float, combine=_sum_workers, demo_terms=None
+    cuts: CutBuffer, fragment_probs, consensus, eta_lambda: float, c1: float, combine=_sum_workers, demo_terms=None,
+    terms=None,
 ) -> CutBuffer:
     """``λ_l ← max(0, λ_l + η_λ (Σ_v (a_l^(v)ᵀ p^(v) + e_l^(v)ᵀ q^(v)) + b_lᵀ z + c_l − c_1 λ_l))`` on
-    active cuts (``demo_terms [R, C]``: the workers' ``e_l^(v)ᵀ q^(v)``, :func:`demo_terms`)."""
-    values = cut_values(cuts, fragment_probs, consensus, demo_terms, combine)
+    active cuts (``demo_terms [R, C]``: the workers' ``e_l^(v)ᵀ q^(v)``, :func:`demo_terms`;
+    ``terms``: the kept :func:`worker_terms`, see :func:`cut_values`)."""
+    values = cut_values(cuts, fragment_probs, consensus, demo_terms, combine, terms)
     new = jnp.maximum(0.0, cuts.duals + eta_lambda * (values - c1 * cuts.duals))
     return cuts._replace(duals=jnp.where(cuts.active, new, 0.0))

@@ -219,11 +219,16 @@ class WorkerState(NamedTuple):
 
 
 class ServerState(NamedTuple):
+    """The server's variables. ``fragment_terms`` is ``cuts.worker_terms(cuts, received)``,
+    kept up to date by every step that writes ``received`` or a cut (a state built by hand
+    must set it so)."""
+
     consensus: jax.Array  # z [M, N]
     duals: jax.Array  # ρ [R, M, N]
     cuts: cutlib.CutBuffer
     received: jax.Array  # latest p received from every worker [R, M, N]
     demo_terms: jax.Array  # latest e_l^(v)ᵀ q^(v) received from every worker [R, C] (the cuts' q part)
+    fragment_terms: jax.Array  # a_l^(v)ᵀ p^(v) of every worker's latest received p [R, H, C] (cuts.worker_terms)
     staleness: jax.Array  # int32 [R]: server iterations since the worker's last reply
     iteration: jax.Array  # int32
     rejected: jax.Array  # int32: messages rejected for NaN/Inf
@@ -457,6 +462,7 @@ def init_state(config: AsynDBTConfig, key: jax.Array) -> EngineState:
         ),
         received=jnp.copy(selection.fragment_probs),  # its own buffer: the state is donated
         demo_terms=jnp.zeros((R, config.cut_capacity)),
+        fragment_terms=jnp.zeros((R, 1 if config.gap_norm == "value" else M, config.cut_capacity)),  # no cut yet
         staleness=jnp.zeros((R,), jnp.int32),
         iteration=jnp.zeros((), jnp.int32),
         rejected=jnp.zeros((), jnp.int32),
@@ -657,7 +663,8 @@ def refresh_value_cuts(config: AsynDBTConfig, server: ServerState, start, phi, a
     cuts, h, put = cutlib.value_cut(
         server.cuts, start.fragment_probs, start.consensus, coef, term, gap, config.eps(), combine=worker_sum(config)
     )
-    new = server._replace(cuts=cuts, duals=phi.duals, demo_terms=jnp.where(put[None, :], term[:, None], server.demo_terms))
+    new = server._replace(cuts=cuts, duals=phi.duals, demo_terms=jnp.where(put[None, :], term[:, None], server.demo_terms),
+                          fragment_terms=cutlib.worker_terms(cuts, server.received))
     return new, h
 
 
@@ -689,7 +696,7 @@ def refresh_cuts(config: AsynDBTConfig, server: ServerState, phi: LowerLevelStat
         config.gap_norm,
         combine=worker_sum(config),
     )
-    return server._replace(cuts=new_cuts, duals=phi.duals)
+    return server._replace(cuts=new_cuts, duals=phi.duals, fragment_terms=cutlib.worker_terms(new_cuts, server.received))
 
 
 def server_receive(config: AsynDBTConfig, server: ServerState, p, arrived, demo_terms=None) -> tuple[ServerState, jax.Array]:
@@ -698,14 +705,18 @@ def server_receive(config: AsynDBTConfig, server: ServerState, p, arrived, demo_
     non-finite message is rejected and counted), then the server's ``z`` and cut-dual ``λ``
     updates over every worker's latest copy (the upper level's server side).
 
+    Only the arrived rows of ``p`` are read (``S = num_active`` at a time, as
+    :func:`reply_arrived`): the server keeps every worker's cut terms ``a_l^(v)ᵀ p^(v)``
+    (``fragment_terms``) beside its latest ``p``, so the λ step costs ``R · C`` scalars and the
+    ``z`` step is the only pass over the ``R`` stored messages.
+
     Returns:
       ``(server, num_rejected)``; ``staleness`` and ``iteration`` are left to the caller.
     """
     R = config.num_workers
-    finite = jnp.all(jnp.isfinite(p), axis=(1, 2))
+    received, fragment_terms, finite = _accept(config, server, p, arrived)
     accepted = arrived & finite
     num_rejected = jnp.sum(arrived & ~finite)
-    received = jnp.where(accepted[:, None, None], p, server.received)
     terms = server.demo_terms if demo_terms is None else jnp.where(accepted[:, None], demo_terms, server.demo_terms)
     z = server.consensus
     if config.use_fragment and config.server_rule == "fedavg":
@@ -718,13 +729,44 @@ def server_receive(config: AsynDBTConfig, server: ServerState, p, arrived, demo_
         everyone = jnp.ones((R,), bool)  # every worker's latest copy counts
         z = consensus_step(config)(z, received, server.duals, everyone, _primal_dual_hp(config), cut_force_z)
         before = server.cuts.duals
-        cuts = cutlib.dual_ascent(
-            server.cuts, received, z, config.lr_dual, config.dual_reg, combine=worker_sum(config), demo_terms=terms
-        )
+        cuts = cutlib.dual_ascent(server.cuts, None, z, config.lr_dual, config.dual_reg, combine=worker_sum(config),
+                                  demo_terms=terms, terms=fragment_terms)
         cuts = cutlib.drop_cuts(cuts, before, config.gamma)
     else:
         cuts = server.cuts
-    return server._replace(consensus=z, cuts=cuts, received=received, demo_terms=terms), num_rejected
+    return server._replace(consensus=z, cuts=cuts, received=received, demo_terms=terms,
+                           fragment_terms=fragment_terms), num_rejected
+
+
+def _accept(config: AsynDBTConfig, server: ServerState, p, arrived):
+    """The arrived finite messages written into the server's copies: ``(received,
+    fragment_terms, finite [R])`` (``finite`` is read only where ``arrived``). With ``S < R``
+    the arrived rows are gathered ``S`` at a time and scattered back, so the cost follows the
+    arrivals; ``S = R`` is the dense masked update (the same values)."""
+    R, S = config.num_workers, config.num_active
+    if S >= R:
+        finite = jnp.all(jnp.isfinite(p), axis=(1, 2))
+        accepted = arrived & finite
+        received = jnp.where(accepted[:, None, None], p, server.received)
+        return received, cutlib.worker_terms(server.cuts, received), finite
+    chunks = -(-R // S)
+    order = jnp.nonzero(arrived, size=chunks * S, fill_value=R)[0]  # arrived workers first, then R (padding)
+    count = jnp.sum(arrived.astype(jnp.int32))
+
+    def chunk(k, carry):
+        received, fragment_terms, finite = carry
+        index = jax.lax.dynamic_slice(order, (k * S,), (S,))
+        rows = jnp.minimum(index, R - 1)  # padding reads a real row; its result is dropped below
+        part = p[rows]
+        ok = jnp.all(jnp.isfinite(part), axis=(1, 2))
+        keep = jnp.where(ok, index, R)  # a rejected message (or padding) is not written
+        received = received.at[keep].set(part, mode="drop")
+        fragment_terms = fragment_terms.at[keep].set(cutlib.worker_terms(gather_cuts(server.cuts, rows), part),
+                                                     mode="drop")
+        return received, fragment_terms, finite.at[index].set(ok, mode="drop")
+
+    return jax.lax.fori_loop(0, (count + S - 1) // S, chunk,
+                             (server.received, server.fragment_terms, jnp.ones((R,), bool)))
 
 
 def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineState, arrived, data: Data, refresh=None):

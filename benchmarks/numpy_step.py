@@ -327,5 +327,6 @@ def make_case(num_workers, *, M=75, N=100, U=2, V=50, I=20, num_validation=20, c
     cuts, _, put = cutlib.value_cut(state.server.cuts, p, state.server.consensus, coef, term, gap, config.eps())
     cuts = cuts._replace(duals=jnp.where(cuts.active, 0.3, 0.0).astype(jnp.float32))  # strong, as the step returns it
     terms = jnp.where(put[None, :], term[:, None], state.server.demo_terms)
-    server = state.server._replace(cuts=cuts, received=p, demo_terms=terms, iteration=jnp.asarray(1, jnp.int32))
+    server = state.server._replace(cuts=cuts, received=p, demo_terms=terms, iteration=jnp.asarray(1, jnp.int32),
+                                   fragment_terms=cutlib.worker_terms(cuts, p))
     return task, config, state._replace(server=server)

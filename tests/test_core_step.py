@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from asyndbt_jax import cuts as cutlib
 from asyndbt_jax.engine import Data, server_step
 from asyndbt_jax.oracle import oracle_feedback
 
@@ -99,11 +100,20 @@ def test_the_gathered_step_equals_the_dense_step():
     a = b = state
     for i, arrived in enumerate(masks):
         refresh = jnp.asarray(i == 2)
+        if i == 1:  # an arrived worker sends NaN: both reject it and keep its last copy and cut terms
+            bad = int(np.flatnonzero(arrived)[3])
+            poison = lambda s: s._replace(workers=s.workers._replace(selection=s.workers.selection._replace(  # noqa: E731
+                fragment_probs=s.workers.selection.fragment_probs.at[bad].set(jnp.nan))))
+            a, b = poison(a), poison(b)
         a, ma = jax.jit(server_step, static_argnums=(0, 1))(gathered, feedback, a, jnp.asarray(arrived), data, refresh)
         b, mb = jax.jit(server_step, static_argnums=(0, 1))(dense, feedback, b, jnp.asarray(arrived), data, refresh)
-        assert float(ma.mean_loss) == pytest.approx(float(mb.mean_loss), abs=1e-5)
-        assert int(ma.queries) == int(mb.queries)
+        assert float(ma.mean_loss) == pytest.approx(float(mb.mean_loss), abs=1e-5, nan_ok=True)
+        assert int(ma.queries) == int(mb.queries) and int(ma.num_rejected) == int(mb.num_rejected) == (i == 1)
+        if i == 1:
+            assert np.isfinite(np.asarray(a.server.received[bad])).all()
     assert bool(ma.refreshed)
+    # the kept cut terms are those of every worker's latest copy
+    np.testing.assert_allclose(a.server.fragment_terms, cutlib.worker_terms(a.server.cuts, a.server.received), atol=1e-5)
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
         if jnp.issubdtype(x.dtype, jnp.floating):
             np.testing.assert_allclose(x, y, atol=1e-5)

@@ -23,3 +23,4 @@ def test_quick_run_prints_ratio_recompiles_and_gather_speedup():
     gather = out["gather"]
     assert (gather["workers"], gather["arrived"]) == (200, 4)
     assert out["gather_speedup"] == pytest.approx(gather["median_s"]["dense"] / gather["median_s"]["gathered"])
+    assert gather["gather_speedup_after_switch"] == pytest.approx(gather["after_switch_s"]["dense"] / gather["after_switch_s"]["gathered"])
