@@ -226,7 +226,7 @@ def tables(runs, args) -> tuple[str, dict]:
     order = {c: i for i, c in enumerate(PAPER_COLUMNS)}
     # what this invocation asked for (a requested cell with no run yet shows as "—") plus every
     # matching run already on disk
-    tasks = sorted({*args.tasks, *(t for _, t, _ in by)})
+    tasks = sorted({*(args.tasks if args.tasks_given else ()), *(t for _, t, _ in by)})
     columns = sorted(((column_of.get(t, t), t) for t in tasks), key=lambda ct: order.get(ct[0], len(order)))
     settings = [s for s in SETTINGS if s == args.setting or any(k[0] == s for k in by)]
     methods = {s: [m for m in METHODS if (s == args.setting and m in args.methods)
@@ -434,6 +434,7 @@ def main() -> None:
     parser.add_argument("--feddtpt-ablation", action="store_true",
                         help="also run FedDTPT's client and server variants (feddtpt:client=…, feddtpt:server=…)")
     args = parser.parse_args()
+    args.tasks_given = bool(args.tasks)  # a column for each task asked for; else for each task with runs
     if args.tasks:
         args.tasks = args.tasks.split(",")
     else:
