@@ -512,14 +512,9 @@ def reply_arrived(config: AsynDBTConfig, feedback_fn: FeedbackFn, workers: Worke
     R, S = config.num_workers, config.num_active
     if S >= R:
         return worker_reply(config, feedback_fn, workers, cut_forces(config, cuts), arrived, queries, key, malicious)
-    chunks = -(-R // S)
-    order = jnp.nonzero(arrived, size=chunks * S, fill_value=R)[0]  # arrived workers first, then R (padding)
-    count = jnp.sum(arrived.astype(jnp.int32))
 
-    def chunk(k, carry):
+    def chunk(index, rows, carry):
         workers, losses = carry
-        index = jax.lax.dynamic_slice(order, (k * S,), (S,))
-        rows = jnp.minimum(index, R - 1)  # padding reads a real row; its result is dropped below
         take = lambda x: x[rows]  # noqa: E731
         sub = jax.tree.map(take, workers)
         force = cut_forces(config, gather_cuts(cuts, rows))
@@ -528,7 +523,23 @@ def reply_arrived(config: AsynDBTConfig, feedback_fn: FeedbackFn, workers: Worke
         put = lambda full, part: full.at[index].set(part, mode="drop")  # noqa: E731
         return jax.tree.map(put, workers, new), put(losses, loss)
 
-    return jax.lax.fori_loop(0, (count + S - 1) // S, chunk, (workers, jnp.zeros((R,), jnp.float32)))
+    return over_arrived(arrived, S, chunk, (workers, jnp.zeros((R,), jnp.float32)))
+
+
+def over_arrived(arrived, S: int, body, init):
+    """Run ``body(index [S], rows [S], carry) -> carry`` over the arrived workers, ``S`` at a
+    time (a static shape), as many chunks as arrived: ``index`` holds the workers' ids and
+    ``R`` for padding (a scatter with ``mode="drop"`` skips it), ``rows`` a real row to read
+    in its place. The cost follows the arrivals, not ``R``."""
+    R = arrived.shape[0]
+    order = jnp.nonzero(arrived, size=-(-R // S) * S, fill_value=R)[0]  # arrived workers first, then R (padding)
+    count = jnp.sum(arrived.astype(jnp.int32))
+
+    def chunk(k, carry):
+        index = jax.lax.dynamic_slice(order, (k * S,), (S,))
+        return body(index, jnp.minimum(index, R - 1), carry)
+
+    return jax.lax.fori_loop(0, (count + S - 1) // S, chunk, init)
 
 
 def worker_reply(config, feedback_fn: FeedbackFn, workers: WorkerState, force, replied, queries, key, malicious, rows=None):
@@ -749,14 +760,9 @@ def _accept(config: AsynDBTConfig, server: ServerState, p, arrived):
         accepted = arrived & finite
         received = jnp.where(accepted[:, None, None], p, server.received)
         return received, cutlib.worker_terms(server.cuts, received), finite
-    chunks = -(-R // S)
-    order = jnp.nonzero(arrived, size=chunks * S, fill_value=R)[0]  # arrived workers first, then R (padding)
-    count = jnp.sum(arrived.astype(jnp.int32))
 
-    def chunk(k, carry):
+    def chunk(index, rows, carry):
         received, fragment_terms, finite = carry
-        index = jax.lax.dynamic_slice(order, (k * S,), (S,))
-        rows = jnp.minimum(index, R - 1)  # padding reads a real row; its result is dropped below
         part = p[rows]
         ok = jnp.all(jnp.isfinite(part), axis=(1, 2))
         keep = jnp.where(ok, index, R)  # a rejected message (or padding) is not written
@@ -765,8 +771,7 @@ def _accept(config: AsynDBTConfig, server: ServerState, p, arrived):
                                                      mode="drop")
         return received, fragment_terms, finite.at[index].set(ok, mode="drop")
 
-    return jax.lax.fori_loop(0, (count + S - 1) // S, chunk,
-                             (server.received, server.fragment_terms, jnp.ones((R,), bool)))
+    return over_arrived(arrived, S, chunk, (server.received, server.fragment_terms, jnp.ones((R,), bool)))
 
 
 def server_step(config: AsynDBTConfig, feedback_fn: FeedbackFn, state: EngineState, arrived, data: Data, refresh=None):
