@@ -78,11 +78,10 @@ def gather_speedup(R: int, S: int, repeats: int = 5, block: int = 2) -> dict:
     workers arriving (the same arrivals every iteration; no refresh in the timed ones).
 
     The two variants run in alternating blocks, so both see the same machine load: each
-    block is one untimed step, then ``block`` timed ones. The untimed step is the first after
-    a switch, which pays for the other variant's memory churn: measured at R = 10,000 on the
-    2-core CPU, a gathered step right after a dense one took 0.25 s against 0.11 s in a run
-    of gathered steps, which is how a user runs one of them. Those first steps are reported
-    too (``after_switch_s``, ``gather_speedup_after_switch``)."""
+    block is one step timed apart, then ``block`` timed ones. The step apart is the first
+    after a switch, which pays for the other variant's memory churn (``after_switch_s``,
+    ``gather_speedup_after_switch``); a user runs one variant step after step, as the
+    ``block`` steps do."""
     step = jit_config(server_step, static_argnums=(0, 1), donate_argnums=(2,))
     task, config, state = numpy_step.make_case(R)
     feedback = functools.partial(oracle_feedback, task.oracle)

@@ -193,13 +193,15 @@ def finished_runs(args) -> list[tuple[str, Path]]:
         if task.startswith("glue:") and not args.glue_dir:
             continue
         spec = method_spec(config)
+        # the folder's name says which setting it claims; its config must then be that setting's
         for setting in SETTINGS:
+            if run_dir(args.runs_dir, task, spec, config["seed"], setting) != result.parent:
+                continue
             try:
                 expected = job_config(task, spec, config["seed"], args, result.parent, setting)
             except ValueError:
                 continue
-            if (run_dir(args.runs_dir, task, spec, config["seed"], setting) == result.parent
-                    and same_settings(config, expected)):
+            if same_settings(config, expected):
                 found.append((setting, result.parent))
     return found
 
